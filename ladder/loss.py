@@ -4,7 +4,9 @@
 their two backward kernels: four passes over the ``tokens x vocab`` logits plus a zero-filled
 NLL gradient. The gradient of mean cross-entropy is known in closed form,
 ``(softmax(z) - one_hot(y)) / n``, so :class:`NextTokenCrossEntropy` forms it during the forward
-pass (log-softmax, then one in-place ``exp``) and its backward is a single scale. Measured on
+pass (one softmax, whose output becomes the gradient in place) and its backward is a single
+scale. One ``exp`` per logit instead of log-softmax's plus its backward's: the exponential is
+most of a CE's cost on CPU. Measured on
 CPU (tiny-160k, 1 thread): as fast as ``F.cross_entropy`` in eager mode, and with
 ``train.compile`` the step takes ~15% less CPU time than compiling ``transformers``' loss into the
 graph. Under bf16 the saved gradient is bf16 (not fp32 log-probabilities), halving that buffer.
@@ -27,13 +29,16 @@ class NextTokenCrossEntropy(torch.autograd.Function):
         valid = targets != IGNORE
         safe = targets.clamp(min=0).unsqueeze(1)
         count = valid.sum().clamp(min=1)
-        logp = torch.log_softmax(logits.float(), dim=1)  # a new tensor: the logits stay intact
-        loss = -(logp.gather(1, safe).squeeze(1) * valid).sum() / count
+        z = logits.float()
+        p = torch.softmax(z, dim=1)  # the one exp over the logits; a new tensor, the logits stay intact
+        # log-sum-exp without a second exp pass: the largest probability is exp(max z - lse), and it
+        # is >= 1/vocab, so its log is exact even where the target's probability underflows.
+        lse = z.amax(dim=1) - p.amax(dim=1).log()
+        loss = ((lse - z.gather(1, safe).squeeze(1)) * valid).sum() / count
         if ctx.needs_input_grad[0]:
-            grad = logp.exp_()  # softmax, in place
-            grad.scatter_add_(1, safe, torch.full_like(safe, -1, dtype=grad.dtype))
-            grad.mul_((valid / count).unsqueeze(1).to(grad.dtype))
-            ctx.save_for_backward(grad.to(logits.dtype))
+            p.scatter_add_(1, safe, torch.full_like(safe, -1, dtype=p.dtype))  # softmax - one_hot
+            p.mul_((valid / count).unsqueeze(1).to(p.dtype))
+            ctx.save_for_backward(p.to(logits.dtype))
         return loss
 
     @staticmethod

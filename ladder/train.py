@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from analysis.runlog import RunLogWriter, RunMeta
 from ladder import checkpoint as ckpt
+from ladder.host_memory import keep_freed_memory
 from ladder.loss import next_token_loss
 from ladder.data import BatchSampler, PackedSequences, TokenData, prepare_data, token_byte_lengths
 from ladder.recipe import Recipe, RunPlan, eval_steps, lr_lambda, plan_run
@@ -168,8 +169,10 @@ def train(recipe: Recipe, size: str | None = None, multiplier: float | None = No
     accelerator = Accelerator(cpu=cpu_only, mixed_precision=mixed, step_scheduler_with_optimizer=False,
                               log_with="wandb" if use_wandb else None)
     device = accelerator.device
-    if device.type == "cpu" and recipe.train.cpu_threads:
-        torch.set_num_threads(recipe.train.cpu_threads)
+    if device.type == "cpu":
+        keep_freed_memory()  # no page faults on each step's activations (ladder/host_memory.py)
+        if recipe.train.cpu_threads:
+            torch.set_num_threads(recipe.train.cpu_threads)
     with accelerator.main_process_first():  # main tokenizes into the cache, the others reuse it
         data = prepare_data(recipe.data, recipe.model, Path(cache) if cache else None)
     plan = plan_run(recipe, size, multiplier, seed, _vocab_size_for(recipe, data.tokenizer))

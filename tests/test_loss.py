@@ -45,3 +45,22 @@ def test_no_grad_and_ignored_targets():
         v = next_token_loss(logits[None], ids)
     ref = F.cross_entropy(logits[:3], ids[0, 1:])
     assert abs(v.item() - ref.item()) < 1e-6
+
+
+def test_exact_where_the_target_probability_underflows():
+    """A confidently wrong token (a 250-nat logit gap, far past float32's smallest probability)
+    still gets its exact loss and gradient, not inf: a diverging run must be told apart from a
+    rounding artefact."""
+    logits = torch.zeros(1, 4, 50)
+    logits[0, 0, 7] = 200.0
+    logits[0, 0, 3] = -50.0  # the target of position 0
+    ids = torch.tensor([[0, 3, 5, 9]])
+    a = logits.clone().requires_grad_()
+    b = logits.clone().requires_grad_()
+    ours = next_token_loss(a, ids)
+    ref = F.cross_entropy(b[0, :-1], ids[0, 1:])
+    ours.backward()
+    ref.backward()
+    assert torch.isfinite(ours) and ref.item() > 80
+    assert abs(ours.item() - ref.item()) < 1e-4
+    assert torch.allclose(a.grad, b.grad, atol=1e-7)

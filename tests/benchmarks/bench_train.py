@@ -52,6 +52,11 @@ def _setup(args):
     return recipe, plan, PackedSequences(data.train, args.seq_len)
 
 
+def _faults() -> int:
+    """Minor page faults so far: each is a fresh 4 KiB page the kernel zeroed for this process."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _peak_memory(device) -> float:
     import torch
 
@@ -65,12 +70,15 @@ def run_ours(args) -> dict:
     from accelerate import Accelerator
 
     from ladder.data import BatchSampler
+    from ladder.host_memory import keep_freed_memory
     from ladder.recipe import lr_lambda
     from ladder.train import _train_step, build_model, build_optimizer
 
     recipe, plan, seqs = _setup(args)
     cuda = torch.cuda.is_available()
     acc = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
+    if not cuda and not args.no_keep_memory:
+        keep_freed_memory()  # as train() does on CPU
     model = build_model(plan).to(acc.device)
     opt = build_optimizer(model, plan, acc.device)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, plan))
@@ -87,12 +95,12 @@ def run_ours(args) -> dict:
         if step == args.warmup:
             if cuda:
                 torch.cuda.synchronize()
-            t0, c0 = time.perf_counter(), time.process_time()
+            t0, c0, f0 = time.perf_counter(), time.process_time(), _faults()
         loss, _ = _train_step(model, opt, sched, acc, seqs, sampler.indices(step), micro, accum, 1.0)
     final = float(loss)  # one sync at the end
-    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return dict(plan=plan, elapsed=elapsed, cpu=cpu, warmup_s=t0 - t_start, loss=final, device=acc.device,
-                compiled=compiled)
+    elapsed, cpu, faults = time.perf_counter() - t0, time.process_time() - c0, _faults() - f0
+    return dict(plan=plan, elapsed=elapsed, cpu=cpu, faults=faults, warmup_s=t0 - t_start, loss=final,
+                device=acc.device, compiled=compiled)
 
 
 def run_trainer(args) -> dict:
@@ -131,18 +139,19 @@ def run_trainer(args) -> dict:
             if state.global_step == args.warmup and "t0" not in times:
                 if cuda:
                     torch.cuda.synchronize()
-                times["t0"], times["c0"] = time.perf_counter(), time.process_time()
+                times["t0"], times["c0"], times["f0"] = time.perf_counter(), time.process_time(), _faults()
             if state.global_step == 0 and "start" not in times:
                 times["start"] = time.perf_counter()
 
         def on_step_end(self, a, state, control, **kw):
             if cuda:
                 torch.cuda.synchronize()
-            times["t1"], times["c1"] = time.perf_counter(), time.process_time()
+            times["t1"], times["c1"], times["f1"] = time.perf_counter(), time.process_time(), _faults()
 
     trainer = Trainer(model=build_model(plan), args=targs, train_dataset=Packed(), callbacks=[Clock()])
     out = trainer.train()
     return dict(plan=plan, elapsed=times["t1"] - times["t0"], cpu=times["c1"] - times["c0"],
+                faults=times["f1"] - times["f0"],
                 warmup_s=times["t0"] - times["start"], loss=out.training_loss, device=trainer.args.device,
                 compiled=args.compile == "both")
 
@@ -158,6 +167,7 @@ def child(args) -> None:
     peak, how = peak_flops(device)
     print(json.dumps(dict(variant=args.variant, tokens_per_s=tps, seconds_per_step=res["elapsed"] / args.steps,
                           cpu_tokens_per_s=plan.batch_tokens * args.steps / res["cpu"],
+                          faults_per_step=res["faults"] / args.steps,
                           warmup_s=res["warmup_s"], compiled=res["compiled"], loss=res["loss"],
                           mfu=plan.flops_per_token * tps / peak if peak else None, peak_how=how,
                           peak_mem_gib=_peak_memory(device), n_params=plan.n_params, device=str(device),
@@ -177,6 +187,8 @@ def main() -> int:
     ap.add_argument("--compile", choices=["ours", "both", "none"], default="ours",
                     help="torch.compile our model (train.compile: true; default), both models, or neither")
     ap.add_argument("--repeats", type=int, default=2, help="alternating runs per variant; best is kept")
+    ap.add_argument("--no-keep-memory", action="store_true",
+                    help="ablation: leave glibc's allocator at its defaults in our loop (ladder/host_memory.py)")
     ap.add_argument("--variant", choices=["ours", "ours-eager", "trainer"], help=argparse.SUPPRESS)
     ap.add_argument("--tmp", default="/tmp/ladder-bench", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -220,7 +232,7 @@ def main() -> int:
         name = f"{v}{' (compiled)' if r['compiled'] else ''}"
         print(f"  {name:22s} {r['tokens_per_s']:>10,.0f} tokens/s  {1e3 * r['seconds_per_step']:7.1f} ms/step  "
               f"MFU {mfu}  peak memory {r['peak_mem_gib']:.2f} GiB  "
-              f"CPU-time {r['cpu_tokens_per_s']:>10,.0f} tokens/s  warmup{' + compile' if r['compiled'] else ''} "
+              f"CPU-time {r['cpu_tokens_per_s']:>10,.0f} tokens/s  {r['faults_per_step']:>7,.0f} page faults/step  warmup{' + compile' if r['compiled'] else ''} "
               f"{r['warmup_s']:.1f} s")
     for v in variants:
         if v != "trainer":
