@@ -25,7 +25,7 @@ class NextTokenCrossEntropy(torch.autograd.Function):
     Computed in fp32 whatever the logits' dtype (as ``transformers`` does under bf16)."""
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         valid = targets != IGNORE
         safe = targets.clamp(min=0).unsqueeze(1)
         count = valid.sum().clamp(min=1)
@@ -34,23 +34,29 @@ class NextTokenCrossEntropy(torch.autograd.Function):
         # log-sum-exp without a second exp pass: the largest probability is exp(max z - lse), and it
         # is >= 1/vocab, so its log is exact even where the target's probability underflows.
         lse = z.amax(dim=1) - p.amax(dim=1).log()
-        loss = ((lse - z.gather(1, safe).squeeze(1)) * valid).sum() / count
+        loss = ((lse - z.gather(1, safe).squeeze(1)) * valid).sum() * (scale / count)
         if ctx.needs_input_grad[0]:
             p.scatter_add_(1, safe, torch.full_like(safe, -1, dtype=p.dtype))  # softmax - one_hot
-            p.mul_((valid / count).unsqueeze(1).to(p.dtype))
+            p.mul_((valid * (scale / count)).unsqueeze(1).to(p.dtype))
             ctx.save_for_backward(p.to(logits.dtype))
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
         (grad,) = ctx.saved_tensors
-        return grad * grad_loss.to(grad.dtype), None
+        # loss.backward() passes 1: skip a pass over tokens x vocab (memory-bound on CPU; on GPU
+        # reading the value would be a host sync, and the multiply is cheap there)
+        if grad_loss.device.type == "cpu" and grad_loss.item() == 1.0:
+            return grad, None, None
+        return grad * grad_loss.to(grad.dtype), None, None
 
 
-def next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+def next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """Mean CE of predicting ``input_ids[:, t+1]`` from ``logits[:, t]`` (the last position has no
-    target), like ``model(input_ids, labels=input_ids).loss`` without the extra passes. The targets
-    are shifted instead of the logits, so the logits are never copied."""
+    target), like ``model(input_ids, labels=input_ids).loss`` without the extra passes, times
+    ``scale`` (``1 / accumulation steps``: folded into the gradient as it is formed, not applied
+    afterwards by another pass). The targets are shifted instead of the logits, so the logits are
+    never copied."""
     targets = torch.full_like(input_ids, IGNORE)
     targets[:, :-1] = input_ids[:, 1:]
-    return NextTokenCrossEntropy.apply(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+    return NextTokenCrossEntropy.apply(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), float(scale))

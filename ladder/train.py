@@ -342,7 +342,7 @@ def _train_step(model, optimizer, scheduler, accelerator, seqs: PackedSequences,
         last = i == accum - 1
         with accelerator.no_sync(model) if not last else contextlib.nullcontext():
             with accelerator.autocast():
-                loss = next_token_loss(model(input_ids=x).logits, x) / accum
+                loss = next_token_loss(model(input_ids=x).logits, x, scale=1 / accum)
             accelerator.backward(loss)
         loss_sum += loss.detach()
     gnorm = accelerator.clip_grad_norm_(model.parameters(), clip)

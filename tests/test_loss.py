@@ -64,3 +64,20 @@ def test_exact_where_the_target_probability_underflows():
     assert torch.isfinite(ours) and ref.item() > 80
     assert abs(ours.item() - ref.item()) < 1e-4
     assert torch.allclose(a.grad, b.grad, atol=1e-7)
+
+
+@pytest.mark.parametrize("upstream", [1.0, 0.3])
+def test_scale_folds_into_value_and_gradient(upstream):
+    """``scale`` (1 / accumulation steps) gives the same value and gradient as dividing the loss,
+    whether backward gets the usual 1 or another upstream gradient."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 31, (2, 7), generator=g)
+    base = torch.randn(2, 7, 31, generator=g)
+    a = base.clone().requires_grad_()
+    b = base.clone().requires_grad_()
+    scaled = next_token_loss(a, ids, scale=0.25)
+    divided = next_token_loss(b, ids) / 4
+    (upstream * scaled).backward()
+    (upstream * divided).backward()
+    assert abs(scaled.item() - divided.item()) < 1e-7
+    assert torch.allclose(a.grad, b.grad, atol=1e-9, rtol=1e-6)

@@ -11,11 +11,13 @@ sequence length, AdamW settings, grad clip and precision; no compile). ``--compi
 compiles the Trainer's model too (``torch_compile=True``) and drops ``ours-eager``.
 
 Each variant runs in its own subprocess (so peak memory is its own), ``--repeats`` times with the
-order rotated (the machine's load hits all alike), best kept. Throughput is steady state: the
-first ``--warmup`` steps (compilation included, printed separately) are not timed. Prints per
-variant tokens/s (wall), MFU, peak memory, tokens/s per CPU-second (less sensitive to other
-processes on a shared machine) and warmup time, then the ratios. MFU uses the dense bf16 peak on
-GPUs (H100: 989 TFLOP/s) and a measured fp32 matmul peak on CPU.
+order rotated (the machine's load hits all alike). Throughput is steady state: the first
+``--warmup`` steps (compilation included, printed separately) are not timed. Prints per variant
+(its best repeat) tokens/s (wall), MFU, peak memory, tokens/s per CPU-second (less sensitive to
+other processes on a shared machine), minor page faults per step and warmup time; then the
+ratios, best against best and as the median (and range) of per-repeat ratios: a repeat's runs
+are a minute or two apart, and a shared machine's speed drifts over longer spans. MFU uses the
+dense bf16 peak on GPUs (H100: 989 TFLOP/s) and a measured fp32 matmul peak on CPU.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -208,6 +211,7 @@ def main() -> int:
         env["LADDER_PEAK_FLOPS"] = repr(measure_cpu_matmul_flops(seconds=1.0))
     variants = ["ours", "trainer"] + (["ours-eager"] if args.compile == "ours" else [])
     best: dict[str, dict] = {}
+    runs: dict[str, list[float]] = {v: [] for v in variants}  # tokens/s of each repeat, in order
     for i in range(args.repeats):  # alternate (and rotate the order), so load changes hit all
         for variant in variants[i % len(variants):] + variants[:i % len(variants)]:
             r = subprocess.run([sys.executable, __file__, *base, "--variant", variant], env=env,
@@ -216,6 +220,7 @@ def main() -> int:
                 print(r.stderr[-4000:], file=sys.stderr)
                 return 1
             res = json.loads(r.stdout.strip().splitlines()[-1])
+            runs[variant].append(res["tokens_per_s"])
             if variant not in best or res["tokens_per_s"] > best[variant]["tokens_per_s"]:
                 best[variant] = res
     o = best["ours"]
@@ -236,8 +241,11 @@ def main() -> int:
               f"{r['warmup_s']:.1f} s")
     for v in variants:
         if v != "trainer":
-            print(f"speed ratio {v} / Trainer: {best[v]['tokens_per_s'] / base_t['tokens_per_s']:.2f}x "
-                  f"(CPU-time: {best[v]['cpu_tokens_per_s'] / base_t['cpu_tokens_per_s']:.2f}x)")
+            # the machine's speed drifts over minutes: pair each repeat with the Trainer run beside it
+            paired = sorted(a / b for a, b in zip(runs[v], runs["trainer"]))
+            print(f"speed ratio {v} / Trainer: {best[v]['tokens_per_s'] / base_t['tokens_per_s']:.2f}x best/best "
+                  f"(CPU-time: {best[v]['cpu_tokens_per_s'] / base_t['cpu_tokens_per_s']:.2f}x); "
+                  f"per repeat: median {statistics.median(paired):.2f}x, range {paired[0]:.2f}-{paired[-1]:.2f}x")
     return 0
 
 
