@@ -3,10 +3,11 @@
 PyTorch's CPU tensors come straight from ``malloc``. glibc serves blocks above its mmap threshold
 (128 KiB, adapting up to 32 MiB) with a fresh ``mmap`` and trims freed memory at the top of the
 heap back to the OS, so every training step page-faults its activations, logits and gradients
-in again: the kernel zeroes each 4 KiB page on first touch. On a tiny model on 2 cores that is
-~250k page faults and 7-9% of a step's CPU time (``tests/benchmarks/bench_train.py``). Raising
-the two thresholds makes freed blocks stay in the heap for the next step, as CUDA's caching
-allocator does on GPUs; peak resident memory is unchanged, since each step needs the same blocks.
+in again: the kernel zeroes each 4 KiB page on first touch. On tiny-160k (1 thread) that is
+~5,000-6,500 page faults and 7-9% of the CPU time per step (``tests/benchmarks/bench_train.py``).
+Raising the two thresholds makes freed blocks stay in the heap for the next step, as CUDA's
+caching allocator does on GPUs; peak resident memory is unchanged, since each step needs the same
+blocks.
 
 Only glibc (Linux) has ``mallopt``; elsewhere this does nothing. Set ``LADDER_KEEP_HOST_MEMORY=0``
 to leave the allocator alone.
