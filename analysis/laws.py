@@ -360,6 +360,20 @@ class ComputeLaw(Law):
 # ------------------------------------------------------------------------------ links
 
 
+def sigmoid_model(theta: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """lo + (hi - lo) / (1 + exp(s (x - x0))) and its Jacobian in (lo, hi, s, x0), for parameter
+    rows ``theta`` (rows, 4) and inputs ``x`` (1 or rows, points). The last Jacobian column is
+    minus d pred / d x, which the single-step law chains through its loss law."""
+    lo, hi, s, x0 = (theta[:, i:i + 1] for i in range(4))
+    t = np.clip(s * (x - x0), -500, 500)
+    sig = 1.0 / (1.0 + np.exp(t))  # high accuracy at low loss
+    pred = lo + (hi - lo) * sig
+    dsig = -sig * (1 - sig)  # d sig / d t
+    J = np.stack(np.broadcast_arrays(1 - sig, sig, (hi - lo) * dsig * (x - x0),
+                                     -(hi - lo) * dsig * s), axis=-1)
+    return pred, J
+
+
 class SigmoidLink(Law):
     """Acc(L) = a / (1 + exp(-k (L - L0))) + b, the ladder paper's step 2.
 
@@ -387,15 +401,7 @@ class SigmoidLink(Law):
         return x[None, :]
 
     def _model(self, theta, F):
-        lo, hi, s, x0 = (theta[:, i:i + 1] for i in range(4))
-        x = F[0][None, :]
-        t = np.clip(s * (x - x0), -500, 500)
-        sig = 1.0 / (1.0 + np.exp(t))  # high accuracy at low loss
-        pred = lo + (hi - lo) * sig
-        dsig = -sig * (1 - sig)  # d sig / d t
-        J = np.stack(np.broadcast_arrays(1 - sig, sig, (hi - lo) * dsig * (x - x0),
-                                         -(hi - lo) * dsig * s), axis=-1)
-        return pred, J
+        return sigmoid_model(theta, F[0][None, :])
 
     def _scale(self, F):
         x = F[0]

@@ -6,15 +6,14 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
 import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from analysis.parallel import parallel_map
 from analysis.runlog import RunLog
-from analysis.tasks import TaskSpec, resolve_tasks
+from analysis.metrics import TaskSpec, resolve_tasks
 from analysis.twostep import (TaskModel, TwoStepConfig, feature_columns, fit_task, task_accuracy,
                               task_feature)
 from analysis.uncertainty import bootstrap_interval
@@ -120,58 +119,6 @@ def predict_targets(runs: list[RunLog], targets: list[Target], tasks="paper",
                 warn(m)
         out += preds
     return out
-
-
-def default_workers() -> int:
-    """Processes for independent per-task work: LADDER_WORKERS, else min(2, CPUs)."""
-    env = os.environ.get("LADDER_WORKERS")
-    if env:
-        return max(1, int(env))
-    return max(1, min(2, os.cpu_count() or 1))
-
-
-def parallel_map(fn, items: list, workers: int | None = None) -> list:
-    """``[fn(x) for x in items]``, split over forked processes (fork: the inputs are shared,
-    not pickled; results come back pickled). Serial where fork is unavailable, for one
-    worker or one item, or if a worker fails (then the error surfaces from the serial run)."""
-    workers = default_workers() if workers is None else workers
-    if workers <= 1 or len(items) <= 1 or "fork" not in mp.get_all_start_methods():
-        return [fn(x) for x in items]
-    chunks = [list(range(i, len(items), workers)) for i in range(workers)]
-    ctx = mp.get_context("fork")
-    results: dict[int, object] = {}
-    procs = []
-    for idx in chunks[1:]:
-        recv, send = ctx.Pipe(duplex=False)
-        pr = ctx.Process(target=_child, args=(fn, [items[i] for i in idx], send), daemon=True)
-        pr.start()
-        send.close()
-        procs.append((idx, pr, recv))
-    for i in chunks[0]:
-        results[i] = fn(items[i])
-    for idx, pr, recv in procs:
-        try:
-            ok, payload = recv.recv()
-        except EOFError:
-            ok, payload = False, None
-        pr.join()
-        if ok:
-            results.update(zip(idx, payload))
-        else:  # rerun here so that the real error (or a clean result) surfaces
-            results.update((i, fn(items[i])) for i in idx)
-    return [results[i] for i in range(len(items))]
-
-
-def _child(fn, items, conn) -> None:
-    try:
-        conn.send((True, [fn(x) for x in items]))
-    except BaseException:  # the parent reruns these items serially and reports the error
-        try:
-            conn.send((False, None))
-        except Exception:
-            pass
-    finally:
-        conn.close()
 
 
 def _predict_one(model, name, task, target, actual, intervals, n_boot, seed, keep_samples, warn):

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.predict import Prediction, parallel_map
-from analysis.runlog import atomic_write_text
+from analysis.parallel import parallel_map
+from analysis.predict import Prediction
+from analysis.files import atomic_write_text
 
 SIZE_CMAP = "viridis"
 
@@ -258,3 +259,23 @@ def write_report(preds: list[Prediction], out_dir, title: str, config=None, plot
     for p_ in pngs:
         files[p_.stem] = p_
     return files
+
+
+def backtest_markdown(results, *, intervals: bool = False) -> str:
+    """backtest.md: per held-out scenario, the mean error and each prediction against its actual."""
+    md = ["# Backtest\n"]
+    for r in results:
+        md.append(f"\n## Held out: {', '.join(r.holdout)}\n")
+        md.append(f"\nMean absolute error {100 * r.mae():.2f} points (task loss {r.loss_mae():.4f}, "
+                  f"ARE {100 * r.loss_are():.2f}%)"
+                  + (f", interval coverage {r.coverage():.0%}" if intervals else "") + ".\n\n")
+        md.append("| task | target | predicted | actual | error | fits |\n|---|---|---|---|---|---|\n")
+        for p in r.predictions:
+            md.append(f"| {p.task} | {p.target} | {100 * p.pred_acc:.2f} | {100 * p.actual_acc:.2f} | "
+                      f"{100 * (p.pred_acc - p.actual_acc):+.2f} | "
+                      f"{'ok' if p.converged else '**NOT CONVERGED**'} |\n")
+        are = r.per_task_loss_are()
+        md.append("\n| task | MAE | loss ARE % |\n|---|---|---|\n" + "".join(
+            f"| {t} | {100 * v:.2f} | {100 * are.get(t, float('nan')):.2f} |\n"
+            for t, v in r.per_task().items()))
+    return "".join(md)

@@ -13,10 +13,8 @@ columns (``eval/downstream_bpb/<task>_<split>_rc_5shot_bpb`` ...), so both are o
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -24,12 +22,15 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from analysis.files import atomic_write_text, json_safe
+
 FORMAT = "ladder-runlog/1"
 RUN_JSON = "run.json"
 METRICS_JSONL = "metrics.jsonl"
 
 STEP = "step"
 TOKENS = "tokens"
+TRAIN_LOSS = "train/CrossEntropyLoss"  # the OLMo column our trainer also writes
 
 # N as the ladder paper counts it (embedding once, no separate head), per size name.
 PAPER_N = {
@@ -258,32 +259,6 @@ def _validated(run: RunLog, tokens_name: str = TOKENS) -> RunLog:
 # ---------------------------------------------------------------------------- writing
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write via a temp file in the same directory, fsync, then rename: readers never see a
-    partial file."""
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, (np.floating, np.integer)):
-        v = v.item()
-    if hasattr(v, "item") and callable(v.item) and getattr(v, "ndim", 1) == 0:
-        v = v.item()  # 0-d tensors
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
-
-
 class RunLogWriter:
     """Writes a run directory. Resume-safe: :meth:`resume_at` drops evaluations logged after
     the checkpoint being resumed, so every evaluation is in metrics.jsonl exactly once."""
@@ -295,12 +270,12 @@ class RunLogWriter:
 
     def write_meta(self, meta: RunMeta | dict[str, Any]) -> None:
         d = meta.to_json() if isinstance(meta, RunMeta) else {"format": FORMAT, **meta}
-        atomic_write_text(self.dir / RUN_JSON, json.dumps(d, indent=2, default=_jsonable) + "\n")
+        atomic_write_text(self.dir / RUN_JSON, json.dumps(d, indent=2, default=json_safe) + "\n")
 
     def append(self, row: dict[str, Any]) -> None:
         if STEP not in row or TOKENS not in row:
             raise RunLogError(f"{self.metrics_path}: a row needs '{STEP}' and '{TOKENS}'")
-        line = json.dumps({k: _jsonable(v) for k, v in row.items()})
+        line = json.dumps({k: json_safe(v) for k, v in row.items()})
         with open(self.metrics_path, "a") as f:
             f.write(line + "\n")
             f.flush()

@@ -12,6 +12,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 PAPER_VOCAB = 100_352  # dolma2 tokenizer, padded: the paper's embedding rows
+
+
+def embedding_rows(n_tokens: int) -> int:
+    """Embedding rows for a tokenizer of ``n_tokens``: rounded up to a multiple of 128, as OLMo
+    pads its vocabulary (100,278 dolma2 tokens -> 100,352 rows) for efficient matmuls."""
+    return -(-int(n_tokens) // 128) * 128
 PAPER_SEQ_LEN = 4096
 TINY_VOCAB = 1024  # the embedded byte-level BPE's size
 ROPE_THETA = 500_000.0

@@ -24,11 +24,32 @@ from typing import Any, Literal
 
 import yaml
 
-TOKENS_PER_PARAM = 20
+from analysis.runlog import TOKENS_PER_PARAM
+
 
 
 class RecipeError(ValueError):
     """A bad recipe: the message names the file and the key."""
+
+
+class FieldError(ValueError):
+    """A section's field holds an impossible value; the loader adds the file and the section."""
+
+    def __init__(self, key: str, what: str, value: Any):
+        self.key, self.what, self.value = key, what, value
+        super().__init__(f"'{key}' {what}, got {value!r}")
+
+
+def need(ok: bool, key: str, what: str, value: Any) -> None:
+    """A section's check, next to its fields: raise :class:`FieldError` naming the field."""
+    if not ok:
+        raise FieldError(key, what, value)
+
+
+def _preset_names() -> list[str]:
+    from ladder.presets import PRESETS
+
+    return list(PRESETS)
 
 
 # ---------------------------------------------------------------------------- schema
@@ -45,6 +66,15 @@ class ModelConfig:
     # use 100,352 rows regardless, so their N matches the paper).
     vocab_size: int | None = None
     init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        need(bool(self.sizes), "sizes", "must list at least one size", self.sizes)
+        for i, s in enumerate(self.sizes):
+            need(s in _preset_names(), f"sizes[{i}]", f"must be a known size ({', '.join(_preset_names())})", s)
+        need(self.tokenizer_vocab_size >= 260, "tokenizer_vocab_size",
+             "must be >= 260 (256 bytes + special tokens)", self.tokenizer_vocab_size)
+        need(self.vocab_size is None or self.vocab_size > 0, "vocab_size", "must be > 0", self.vocab_size)
+        need(self.init_std > 0, "init_std", "must be > 0", self.init_std)
 
 
 @dataclass
@@ -66,6 +96,14 @@ class DataConfig:
     eos_token_id: int | None = None  # token files only; default: the tokenizer's EOS
     shuffle: bool = True
 
+    def __post_init__(self) -> None:
+        need(self.source == "pystdlib" or self.path is not None, "path",
+             f"is required for data.source={self.source!r}", self.path)
+        need(self.max_bytes is None or self.max_bytes > 0, "max_bytes", "must be > 0 or null", self.max_bytes)
+        need(0 < self.validation_fraction < 0.5, "validation_fraction", "must be in (0, 0.5)",
+             self.validation_fraction)
+        need(self.validation_tokens > 0, "validation_tokens", "must be > 0", self.validation_tokens)
+
 
 @dataclass
 class TrainConfig:
@@ -84,6 +122,21 @@ class TrainConfig:
     # lose a lot when cores are shared; one thread per run lets a sweep train runs side by side.
     cpu_threads: int | None = None
 
+    def __post_init__(self) -> None:
+        need(self.seq_len >= 8, "seq_len", "must be >= 8", self.seq_len)
+        need(self.batch_tokens is None or self.batch_tokens >= self.seq_len, "batch_tokens",
+             f"must be >= train.seq_len ({self.seq_len})", self.batch_tokens)
+        need(self.batch_tokens is None or self.batch_tokens % self.seq_len == 0, "batch_tokens",
+             f"must be a multiple of train.seq_len ({self.seq_len})", self.batch_tokens)
+        need(self.micro_batch_size > 0, "micro_batch_size", "must be > 0", self.micro_batch_size)
+        need(self.lr is None or (0 < self.lr < 1), "lr", "must be in (0, 1)", self.lr)
+        need(self.warmup_tokens is None or self.warmup_tokens >= 0, "warmup_tokens", "must be >= 0",
+             self.warmup_tokens)
+        need(0 <= self.final_lr_fraction <= 1, "final_lr_fraction", "must be in [0, 1]", self.final_lr_fraction)
+        need(0 < self.decay_fraction <= 1, "decay_fraction", "must be in (0, 1]", self.decay_fraction)
+        need(self.cpu_threads is None or self.cpu_threads >= 1, "cpu_threads", "must be >= 1 or null",
+             self.cpu_threads)
+
 
 @dataclass
 class OptimizerConfig:
@@ -93,6 +146,13 @@ class OptimizerConfig:
     grad_clip: float = 1.0
     fused: Literal["auto", "on", "off"] = "auto"
 
+    def __post_init__(self) -> None:
+        need(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas",
+             "must be two numbers in [0, 1)", self.betas)
+        need(self.eps > 0, "eps", "must be > 0", self.eps)
+        need(self.weight_decay >= 0, "weight_decay", "must be >= 0", self.weight_decay)
+        need(self.grad_clip > 0, "grad_clip", "must be > 0", self.grad_clip)
+
 
 @dataclass
 class EvaluationConfig:
@@ -100,9 +160,16 @@ class EvaluationConfig:
     early: int = 4  # extra log-spaced evaluations before the first evenly spaced one
     interval: int | None = None  # steps; overrides count/early when set
     batch_size: int = 16  # validation sequences per forward pass
-    tasks: str | None = None  # downstream tasks (ladder.evaluate); null = validation loss only
+    tasks: str | None = None  # downstream tasks (ladder.eval.scorer); null = validation loss only
     task_limit: int | None = None
     task_batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        need(self.count >= 1, "count", "must be >= 1", self.count)
+        need(self.early >= 0, "early", "must be >= 0", self.early)
+        need(self.interval is None or self.interval >= 1, "interval", "must be >= 1", self.interval)
+        need(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
+        need(self.task_limit is None or self.task_limit >= 1, "task_limit", "must be >= 1", self.task_limit)
 
 
 @dataclass
@@ -110,6 +177,10 @@ class CheckpointConfig:
     interval: int | None = None  # steps; null = at every evaluation step
     keep_last: int = 2  # full training states kept (older ones are pruned)
     keep_eval_weights: bool = True  # keep model weights of pruned evaluation-step checkpoints
+
+    def __post_init__(self) -> None:
+        need(self.interval is None or self.interval >= 1, "interval", "must be >= 1", self.interval)
+        need(self.keep_last >= 1, "keep_last", "must be >= 1", self.keep_last)
 
 
 @dataclass
@@ -120,6 +191,22 @@ class TrackingConfig:
     group: str | None = None  # default: the recipe name
     mode: Literal["online", "offline", "disabled"] = "offline"
     log_interval: int = 10  # steps between progress-bar/W&B updates (host syncs)
+
+    def __post_init__(self) -> None:
+        need(self.log_interval >= 1, "log_interval", "must be >= 1", self.log_interval)
+
+
+@dataclass
+class SweepConfig:
+    """How a sweep runs its rungs (operational: changing it never changes a number)."""
+
+    parallel: int = 1  # local backend: rungs side by side
+    max_retries: int = 2  # a failed rung is retried (resuming from its checkpoint) this often
+    predict_tasks: str | None = None  # tasks predicted at the end; default: evaluation.tasks
+
+    def __post_init__(self) -> None:
+        need(self.parallel >= 1, "parallel", "must be >= 1", self.parallel)
+        need(self.max_retries >= 0, "max_retries", "must be >= 0", self.max_retries)
 
 
 @dataclass
@@ -132,6 +219,13 @@ class TargetConfig:
     d: float | None = None
     multiplier: float | None = None
     train: bool = False  # the sweep may train small held-out targets (tiny ladders)
+
+    def __post_init__(self) -> None:
+        need(self.size is not None or self.n is not None, "", "needs 'size' or 'n'", self.name)
+        need(self.size is None or self.size in _preset_names(), "size",
+             f"must be a known size ({', '.join(_preset_names())})", self.size)
+        need(self.d is not None or self.multiplier is not None, "", "needs 'd' (tokens) or 'multiplier'",
+             self.name)
 
 
 @dataclass
@@ -147,10 +241,20 @@ class Recipe:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     targets: list[TargetConfig] = field(default_factory=list)
-    # Sections owned by the sweep launcher; kept as plain mappings and validated there.
-    sweep: dict[str, Any] = field(default_factory=dict)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    # The SLURM backend's section (cluster defaults, per-size resources), validated by
+    # ladder.sweep.slurm.SlurmConfig, which the recipe must not import.
     slurm: dict[str, Any] = field(default_factory=dict)
     source: str = field(default="<dict>", metadata={"internal": True})
+
+    def __post_init__(self) -> None:
+        need(bool(self.multipliers), "multipliers", "must list at least one multiplier", self.multipliers)
+        for i, m in enumerate(self.multipliers):
+            need(m > 0 and math.isfinite(m), f"multipliers[{i}]", "must be a positive number", m)
+        need(bool(self.seeds), "seeds", "must list at least one seed", self.seeds)
+        names = [tg.name for tg in self.targets]
+        for i, tg in enumerate(self.targets):
+            need(names.count(tg.name) == 1, f"targets[{i}].name", "must be unique", tg.name)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -258,79 +362,11 @@ def _build(cls: type, data: dict[str, Any], prefix: str, src: str):
                and f.name not in kwargs]
     if missing:
         raise RecipeError(f"{src}: '{prefix + '.' if prefix else ''}{missing[0]}' is required")
-    return cls(**kwargs)
-
-
-def _check(r: Recipe) -> None:
-    """Impossible values, each named by key."""
-    from ladder.presets import PRESETS
-
-    src = r.source
-
-    def need(ok: bool, key: str, what: str, value: Any) -> None:
-        if not ok:
-            raise RecipeError(f"{src}: '{key}' {what}, got {value!r}")
-
-    need(bool(r.model.sizes), "model.sizes", "must list at least one size", r.model.sizes)
-    for i, s in enumerate(r.model.sizes):
-        need(s in PRESETS, f"model.sizes[{i}]", f"must be a known size ({', '.join(PRESETS)})", s)
-    need(r.model.tokenizer_vocab_size >= 260, "model.tokenizer_vocab_size",
-         "must be >= 260 (256 bytes + special tokens)", r.model.tokenizer_vocab_size)
-    need(r.model.vocab_size is None or r.model.vocab_size > 0, "model.vocab_size", "must be > 0",
-         r.model.vocab_size)
-    need(r.model.init_std > 0, "model.init_std", "must be > 0", r.model.init_std)
-    need(bool(r.multipliers), "multipliers", "must list at least one multiplier", r.multipliers)
-    for i, m in enumerate(r.multipliers):
-        need(m > 0 and math.isfinite(m), f"multipliers[{i}]", "must be a positive number", m)
-    need(bool(r.seeds), "seeds", "must list at least one seed", r.seeds)
-    d = r.data
-    need(d.source == "pystdlib" or d.path is not None, "data.path",
-         f"is required for data.source={d.source!r}", d.path)
-    need(d.max_bytes is None or d.max_bytes > 0, "data.max_bytes", "must be > 0 or null", d.max_bytes)
-    need(0 < d.validation_fraction < 0.5, "data.validation_fraction", "must be in (0, 0.5)",
-         d.validation_fraction)
-    need(d.validation_tokens > 0, "data.validation_tokens", "must be > 0", d.validation_tokens)
-    t = r.train
-    need(t.seq_len >= 8, "train.seq_len", "must be >= 8", t.seq_len)
-    need(t.batch_tokens is None or t.batch_tokens >= t.seq_len, "train.batch_tokens",
-         f"must be >= train.seq_len ({t.seq_len})", t.batch_tokens)
-    need(t.batch_tokens is None or t.batch_tokens % t.seq_len == 0, "train.batch_tokens",
-         f"must be a multiple of train.seq_len ({t.seq_len})", t.batch_tokens)
-    need(t.micro_batch_size > 0, "train.micro_batch_size", "must be > 0", t.micro_batch_size)
-    need(t.lr is None or (0 < t.lr < 1), "train.lr", "must be in (0, 1)", t.lr)
-    need(t.warmup_tokens is None or t.warmup_tokens >= 0, "train.warmup_tokens", "must be >= 0",
-         t.warmup_tokens)
-    need(0 <= t.final_lr_fraction <= 1, "train.final_lr_fraction", "must be in [0, 1]",
-         t.final_lr_fraction)
-    need(0 < t.decay_fraction <= 1, "train.decay_fraction", "must be in (0, 1]", t.decay_fraction)
-    need(t.cpu_threads is None or t.cpu_threads >= 1, "train.cpu_threads", "must be >= 1 or null",
-         t.cpu_threads)
-    o = r.optimizer
-    need(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optimizer.betas",
-         "must be two numbers in [0, 1)", o.betas)
-    need(o.eps > 0, "optimizer.eps", "must be > 0", o.eps)
-    need(o.weight_decay >= 0, "optimizer.weight_decay", "must be >= 0", o.weight_decay)
-    need(o.grad_clip > 0, "optimizer.grad_clip", "must be > 0", o.grad_clip)
-    e = r.evaluation
-    need(e.count >= 1, "evaluation.count", "must be >= 1", e.count)
-    need(e.early >= 0, "evaluation.early", "must be >= 0", e.early)
-    need(e.interval is None or e.interval >= 1, "evaluation.interval", "must be >= 1", e.interval)
-    need(e.batch_size >= 1, "evaluation.batch_size", "must be >= 1", e.batch_size)
-    need(e.task_limit is None or e.task_limit >= 1, "evaluation.task_limit", "must be >= 1",
-         e.task_limit)
-    c = r.checkpoint
-    need(c.interval is None or c.interval >= 1, "checkpoint.interval", "must be >= 1", c.interval)
-    need(c.keep_last >= 1, "checkpoint.keep_last", "must be >= 1", c.keep_last)
-    need(r.tracking.log_interval >= 1, "tracking.log_interval", "must be >= 1",
-         r.tracking.log_interval)
-    names = [tg.name for tg in r.targets]
-    for i, tg in enumerate(r.targets):
-        need(tg.size is not None or tg.n is not None, f"targets[{i}]", "needs 'size' or 'n'", tg.name)
-        need(tg.size is None or tg.size in PRESETS, f"targets[{i}].size",
-             f"must be a known size ({', '.join(PRESETS)})", tg.size)
-        need(tg.d is not None or tg.multiplier is not None, f"targets[{i}]",
-             "needs 'd' (tokens) or 'multiplier'", tg.name)
-        need(names.count(tg.name) == 1, f"targets[{i}].name", "must be unique", tg.name)
+    try:
+        return cls(**kwargs)
+    except FieldError as e:
+        key = ".".join(k for k in (prefix, e.key) if k)
+        raise RecipeError(f"{src}: '{key}' {e.what}, got {e.value!r}") from None
 
 
 def from_dict(data: dict[str, Any], source: str = "<dict>") -> Recipe:
@@ -338,7 +374,6 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> Recipe:
         raise RecipeError(f"{source}: a recipe must be a YAML mapping, got {type(data).__name__}")
     recipe = _build(Recipe, data, "", source)
     recipe.source = source
-    _check(recipe)
     return recipe
 
 

@@ -145,7 +145,7 @@ def test_predict_7b_on_paper_ladder(olmo_ladder_dir, tmp_path):
 
 def test_predict_imports_no_torch():
     code = ("import sys, ladder.cli.predict, ladder.cli.backtest, analysis.predict, analysis.report, "
-            "analysis.backtest; bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
+            "analysis.practice.backtest; bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
             "assert not bad, bad")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})

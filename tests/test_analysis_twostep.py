@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from analysis import Target, TwoStepConfig, fit_task, predict_target, read_run, read_runs
-from analysis.backtest import backtest, default_scenarios
+from analysis.practice.backtest import backtest, default_scenarios
 from analysis.report import write_report
 from analysis.runlog import PAPER_N
-from analysis.tasks import PAPER_TASKS
+from analysis.metrics import PAPER_TASKS
 from analysis.twostep import moving_average
 
 from analysis_synthetic import true_acc, true_bpb, write_ladder, write_target

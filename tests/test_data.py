@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from ladder.data import (BatchSampler, DataError, PackedSequences, prepare_data, read_documents,
+from ladder.data.pipeline import (BatchSampler, DataError, PackedSequences, prepare_data, read_documents,
                          split_documents, token_byte_lengths)
 from ladder.recipe import DataConfig, ModelConfig
 
@@ -142,7 +142,7 @@ def test_pretokenized_token_files(tmp_path, cache, stdlib):
 
 
 def test_olmo_tokenizer_from_olmo_eval():
-    from ladder.data import load_tokenizer, olmo_tokenizer_file
+    from ladder.data.pipeline import load_tokenizer, olmo_tokenizer_file
 
     try:
         f = olmo_tokenizer_file()

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from ladder import evaluate as E
-from ladder.tasks import Doc, Task
+from ladder.eval import scorer as E
+from ladder.eval.tasks import Doc, Task
 
 OLMO_TOKENIZER = "allenai_gpt-neox-olmo-dolma-v1_5.json"
 
@@ -271,7 +271,7 @@ def test_corpus_task_rises_with_a_model_that_knows_the_corpus():
             counts[a, b] += 1
     trained = BigramLM((counts / counts.sum(-1, keepdim=True)).log())
     untrained = BigramLM(torch.zeros_like(counts))
-    from ladder.tasks import CORPUS_TASK, build_corpus_docs
+    from ladder.eval.tasks import CORPUS_TASK, build_corpus_docs
     docs = build_corpus_docs(texts)
     tt = E.tokenize_docs(CORPUS_TASK, docs, list(range(len(docs))), tok)
     acc = lambda m: E.task_metrics(tt, E.RequestScorer(4).score(m, [tt]))[  # noqa: E731

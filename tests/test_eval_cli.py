@@ -28,7 +28,7 @@ def tiny_checkpoint(tmp_path_factory):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Olmo2Config, Olmo2ForCausalLM, PreTrainedTokenizerFast
 
-    from ladder.tasks import read_request_docs, request_file, resolve_task_groups
+    from ladder.eval.tasks import read_request_docs, request_file, resolve_task_groups
 
     docs = read_request_docs(request_file(resolve_task_groups("arc_easy")[0].tasks[0]), limit=300)
     tok = Tokenizer(models.BPE())
@@ -56,7 +56,7 @@ def test_paper_set_limit_100(tiny_checkpoint, tmp_path, olmo_ladder_dir):
     metrics = json.loads(out.read_text())
     # every paper column of the OLMo-ladder CSVs is there, under the same name
     header = (olmo_ladder_dir / "190M-1xC.csv").read_text().splitlines()[0].split(",")
-    from analysis.tasks import PAPER_TASKS
+    from analysis.metrics import PAPER_TASKS
     wanted = {c for s in PAPER_TASKS.values() for m in ("bpb", "acc", "soft", "soft_log")
               for c, _ in s.columns(m)}
     assert wanted <= set(header) and wanted <= set(metrics)

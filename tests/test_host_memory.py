@@ -1,5 +1,5 @@
 """On CPU the trainer keeps freed host memory in the process, so a step's large buffers do not
-page-fault in again on every step (ladder/host_memory.py)."""
+page-fault in again on every step (ladder/train/host_memory.py)."""
 
 import os
 import platform
@@ -11,7 +11,7 @@ import pytest
 PROBE = r"""
 import resource, torch
 from transformers import Olmo2Config, Olmo2ForCausalLM
-from ladder.host_memory import keep_freed_memory
+from ladder.train.host_memory import keep_freed_memory
 applied = keep_freed_memory()
 torch.set_num_threads(1)
 torch.manual_seed(0)

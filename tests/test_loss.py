@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ladder.loss import next_token_loss
+from ladder.train.loss import next_token_loss
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -11,14 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.imputation import ImputationError, LowRankImputer
-from analysis.observational import (
+from analysis.observational.imputation import ImputationError, LowRankImputer
+from analysis.observational.core import (
     ObservationalError, ObservationalScalingLaw, benchmark_columns, fit_equivalent_compute,
     fit_family_map, fit_sigmoid_link, load_benchmark_table, run_observational, split_by_cutoff,
     split_by_family, split_from_file, split_random)
-from analysis.observational_selection import (
+from analysis.observational.selection import (
     PAPER, candidate_grid, forward_folds, kfold_folds, select_method)
-from analysis.pca import PCA, PCAError
+from analysis.observational.pca import PCA, PCAError
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ["B1", "B2", "B3", "B4", "B5", "B6"]

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.backtest import backtest
-from analysis.planner import candidate_grids, plan_ladder, run_compute
+from analysis.practice.backtest import backtest
+from analysis.practice.planner import candidate_grids, plan_ladder, run_compute
 from analysis.runlog import read_runs
-from analysis.tasks import PAPER_TASKS
+from analysis.metrics import PAPER_TASKS
 
 from analysis_synthetic import write_ladder
 

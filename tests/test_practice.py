@@ -7,14 +7,14 @@ import warnings
 import numpy as np
 import pytest
 
-from analysis.backtest import backtest
+from analysis.practice.backtest import backtest
 from analysis.laws import TiedChinchillaLaw
-from analysis.practice import (FixedExponentLaw, LossLawEstimator, PartialRun, are,
+from analysis.practice.estimation import (FixedExponentLaw, LossLawEstimator, PartialRun, are,
                                borrowed_exponents, compare_configs, partial_baselines,
                                partial_series, practice_backtest, step1_points_configs)
 from analysis.predict import actual_values
 from analysis.runlog import PAPER_N, read_runs
-from analysis.tasks import PAPER_TASKS
+from analysis.metrics import PAPER_TASKS
 from analysis.twostep import TwoStepConfig, fit_task, run_series
 
 from analysis_synthetic import LAW, true_bpb, write_ladder

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from analysis.runlog import read_run
-from ladder.launcher import CHECKPOINT_EXIT_CODE, Job, Resources
-from ladder.slurm import (DONE, FAILED, QUEUED, REQUEUED, RUNNING, SbatchError, SlurmError,
+from ladder.sweep.launcher import CHECKPOINT_EXIT_CODE, Job, Resources
+from ladder.sweep.slurm import (DONE, FAILED, QUEUED, REQUEUED, RUNNING, SbatchError, SlurmError,
                           SlurmSweep, load_jobs, status)
 
 pytestmark = pytest.mark.slurm
@@ -31,7 +31,8 @@ NOTE = "it's \"odd\" $HOME `id` $(id) \\ ;|& ünï\nline"  # must reach the rung
 STANDIN = r'''
 """Stand-in rung: the trainer's resume/checkpoint/signal contract, with sleeps for steps."""
 import argparse, json, os, signal, sys, time
-from analysis.runlog import RunLogWriter, RunMeta, atomic_write_text
+from analysis.runlog import RunLogWriter, RunMeta
+from analysis.files import atomic_write_text
 
 p = argparse.ArgumentParser()
 p.add_argument("--run-dir", required=True)
@@ -77,7 +78,8 @@ PREDICT = r'''
 """Stand-in final job: reads every rung's run log, writes predictions.json."""
 import json, sys
 from pathlib import Path
-from analysis.runlog import read_run, atomic_write_text
+from analysis.runlog import read_run
+from analysis.files import atomic_write_text
 out, runs = Path(sys.argv[1]), [read_run(p) for p in sys.argv[2:]]
 out.mkdir(parents=True, exist_ok=True)
 atomic_write_text(out / "predictions.json", json.dumps({

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 
 from analysis.runlog import RunLogWriter, RunMeta
-from ladder.launcher import (CHECKPOINT_EXIT_CODE, Job, JobSpecError, Resources,
+from ladder.sweep.launcher import (CHECKPOINT_EXIT_CODE, Job, JobSpecError, Resources,
                              accelerate_launch_argv)
-from ladder.slurm import (DONE, FAILED, QUEUED, REQUEUED, RUNNING, SlurmSweep, _combine,
-                          _task_ids, final_sbatch_options, run_state)
+from ladder.sweep.slurm import (DONE, FAILED, QUEUED, REQUEUED, RUNNING, SlurmSweep, _combine,
+                          _task_ids, final_sbatch_options)
+from ladder.sweep.rundir import run_state
 
 ODD_ARGV = ["--note", "it's \"quoted\" $HOME `whoami` $(id) \\ back", "", "-leading-dash",
             "multi\nline", "tab\there", "ünïcødé ✓", "*", "a;b|c&d", "!bang", "{x,y}"]
@@ -233,7 +234,7 @@ def test_state_mapping():
 
 
 def test_jobs_json_format_is_checked(tmp_path):
-    from ladder.slurm import SlurmError, load_jobs
+    from ladder.sweep.slurm import SlurmError, load_jobs
     (tmp_path / "slurm").mkdir()
     (tmp_path / "slurm" / "jobs.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(SlurmError, match="expected format 'ladder-slurm-jobs/1'"):
@@ -241,7 +242,7 @@ def test_jobs_json_format_is_checked(tmp_path):
 
 
 def test_recipe_slurm_block_merges_defaults_and_sizes():
-    from ladder.slurm import SlurmConfig
+    from ladder.sweep.slurm import SlurmConfig
     cfg = SlurmConfig.from_dict({
         "partition": "gpu", "account": "lm", "time": "04:00:00", "extra": ["--exclusive"],
         "max_retries": 1, "setup": ["source .venv/bin/activate"],
@@ -301,7 +302,7 @@ def test_launch_examples_match_the_renderer():
 
 
 def test_local_argv_uses_accelerate_only_for_several_devices(tmp_path):
-    from ladder.launcher import local_argv
+    from ladder.sweep.launcher import local_argv
     one = _job(tmp_path, "a", Resources(gpus_per_node=1))
     assert local_argv(one) == list(one.argv)
     four = _job(tmp_path, "b", Resources(gpus_per_node=4))

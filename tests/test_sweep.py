@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from ladder.recipe import RecipeError, from_dict, load_recipe
-from ladder.sweep import SweepError, open_sweep, plan_sweep, plan_table
+from ladder.sweep.plan import SweepError, plan_sweep, plan_table
+from ladder.sweep.sweepdir import open_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 

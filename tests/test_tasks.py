@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from analysis.tasks import MMLU_WEIGHTS, PAPER_TASKS
-from ladder import tasks as T
+from analysis.metrics import MMLU_WEIGHTS, PAPER_TASKS
+from ladder.eval import tasks as T
 
 
 def test_paper_set_matches_the_papers_columns():

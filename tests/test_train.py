@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from analysis.runlog import read_run
-from ladder import checkpoint as ckpt
+from ladder.exit_codes import EXIT_DIVERGED
+from ladder.train import checkpoint as ckpt
 from ladder.recipe import from_dict, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +46,7 @@ def recipe_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory, recipe_file, cache):
     """One uninterrupted run, the reference for every resume test."""
-    from ladder.train import train
+    from ladder.train.loop import train
 
     out = tmp_path_factory.mktemp("baseline") / "run"
     result = train(load_recipe(recipe_file), out=out, cache=cache, progress=False)
@@ -149,7 +150,7 @@ class _Crash(BaseException):
 
 
 def test_kill_during_checkpoint_write_leaves_nothing_complete(baseline, recipe_file, cache, tmp_path, monkeypatch):
-    from ladder.train import train
+    from ladder.train.loop import train
 
     out = tmp_path / "run"
     calls = {"n": 0}
@@ -183,7 +184,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(recipe_file, cache, tmp_p
 
     import torch
 
-    from ladder import train as train_mod
+    from ladder.train import loop as train_mod
     from ladder.cli import train as cli_train
 
     real_step, state = train_mod._train_step, {"n": 0}
@@ -197,7 +198,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(recipe_file, cache, tmp_p
     out = tmp_path / "run"
     args = argparse.Namespace(recipe=str(recipe_file), size=None, multiplier=None, seed=None, out=str(out),
                               cache=str(cache), no_progress=True, overrides=[])
-    assert cli_train.run(args) == train_mod.EXIT_NONFINITE
+    assert cli_train.run(args) == EXIT_DIVERGED
     err = capsys.readouterr().err
     assert "loss is nan at step 30" in err and "last good checkpoint" in err
     assert json.loads((out / "run.json").read_text())["status"] == "diverged"
@@ -209,7 +210,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(recipe_file, cache, tmp_p
 
 
 def test_task_evaluator_rows_and_wandb_offline(cache, tmp_path):
-    from ladder.train import train
+    from ladder.train.loop import train
 
     calls = []
 
@@ -254,7 +255,7 @@ def test_bad_input_errors(recipe_file, cache, tmp_path, capsys):
 
 
 def test_refuses_to_mix_two_runs_in_one_directory(baseline, cache):
-    from ladder.train import train
+    from ladder.train.loop import train
 
     run_dir = baseline[0].run_dir
     with pytest.raises(ValueError, match="holds a different run"):
@@ -291,7 +292,7 @@ def test_compiled_run_resumes_exactly_and_tracks_eager(baseline, recipe_file, ca
     compiled run resumes exactly, and the compiled curve follows the eager one."""
     from transformers import AutoModelForCausalLM
 
-    from ladder.train import train
+    from ladder.train.loop import train
 
     ref_out = tmp_path / "ref"
     ref = train(load_recipe(recipe_file, ["train.compile=true"]), out=ref_out, cache=cache, progress=False)

@@ -6,7 +6,7 @@ import random
 import numpy as np
 import torch
 
-from ladder import checkpoint as ckpt
+from ladder.train import checkpoint as ckpt
 
 
 def fake_checkpoint(run, step, eval_step=True, state=True, manifest=True):

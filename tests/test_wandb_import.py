@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from analysis.runlog import PAPER_N, PAPER_TARGET_D, STEP, TOKENS, read_olmo_csv, read_run, read_runs
-from ladder.wandb_import import (ImportOptions, WandbImportError, convert_history, import_project,
+from ladder.wandb.importer import (ImportOptions, WandbImportError, convert_history, import_project,
                                  server_filters)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,7 +235,7 @@ def test_filters_states_duplicates_and_n_override(tmp_path):
 
 
 def test_interrupted_write_leaves_no_run_dir(tmp_path, monkeypatch):
-    import ladder.wandb_import as wi
+    import ladder.wandb.importer as wi
 
     def boom(*a, **k):
         raise KeyboardInterrupt

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from analysis.predict import Prediction
-from ladder.wandb_report import log_predictions, summary_values, table_columns
+from ladder.wandb.report import log_predictions, summary_values, table_columns
 
 BLOCK = 32768  # the .wandb file is a leveldb-style log of protobuf Records in 32 KiB blocks
 

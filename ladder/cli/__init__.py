@@ -9,6 +9,8 @@ import importlib
 import importlib.util
 import sys
 
+from ladder.exit_codes import EXIT_BAD_INPUT
+
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "sizes": ("ladder.cli.sizes", "print the model size presets (N, non-embedding N, FLOPs/token)"),
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     # Two-stage parse: find the subcommand, then let its module define its own arguments.
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         parser.parse_args(argv or ["--help"])
-        return 2
+        return EXIT_BAD_INPUT
     name = argv[0]
     module = importlib.import_module(commands[name][0])
     sp = argparse.ArgumentParser(prog=f"ladder {name}", description=commands[name][1])

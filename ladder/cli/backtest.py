@@ -35,11 +35,13 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     t0 = time.perf_counter()
     from analysis.fit import FitError
-    from analysis.runlog import RunLogError, atomic_write_text
+    from analysis.runlog import RunLogError
+    from analysis.files import atomic_write_text
     try:
         from pathlib import Path
 
-        from analysis.backtest import backtest, default_scenarios
+        from analysis.practice.backtest import backtest, default_scenarios
+        from analysis.report import backtest_markdown
         from ladder.cli.predict import load_inputs
         config = config_from_args(args)
         from dataclasses import replace
@@ -59,22 +61,7 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     doc = {"config": config.to_json(), "scenarios": [r.to_json() for r in results]}
     atomic_write_text(out / "backtest.json", json.dumps(doc, indent=2) + "\n")
-    md = ["# Backtest\n"]
-    for r in results:
-        md.append(f"\n## Held out: {', '.join(r.holdout)}\n")
-        md.append(f"\nMean absolute error {100 * r.mae():.2f} points (task loss {r.loss_mae():.4f}, "
-                  f"ARE {100 * r.loss_are():.2f}%)"
-                  + (f", interval coverage {r.coverage():.0%}" if args.intervals else "") + ".\n\n")
-        md.append("| task | target | predicted | actual | error | fits |\n|---|---|---|---|---|---|\n")
-        for p in r.predictions:
-            md.append(f"| {p.task} | {p.target} | {100 * p.pred_acc:.2f} | {100 * p.actual_acc:.2f} | "
-                      f"{100 * (p.pred_acc - p.actual_acc):+.2f} | "
-                      f"{'ok' if p.converged else '**NOT CONVERGED**'} |\n")
-        are = r.per_task_loss_are()
-        md.append("\n| task | MAE | loss ARE % |\n|---|---|---|\n" + "".join(
-            f"| {t} | {100 * v:.2f} | {100 * are.get(t, float('nan')):.2f} |\n"
-            for t, v in r.per_task().items()))
-    atomic_write_text(out / "backtest.md", "".join(md))
+    atomic_write_text(out / "backtest.md", backtest_markdown(results, intervals=args.intervals))
     for r in results:
         print(f"holdout {'+'.join(r.holdout)}: MAE {100 * r.mae():.2f} points, loss ARE "
               f"{100 * r.loss_are():.2f}% over "

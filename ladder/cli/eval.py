@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from ladder.exit_codes import EXIT_BAD_INPUT
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="directory of a transformers causal LM (config.json + weights)")
@@ -75,16 +77,16 @@ def run(args: argparse.Namespace) -> int:
     from accelerate import Accelerator
     from transformers import AutoModelForCausalLM
 
-    from ladder.evaluate import build_task_evaluator
-    from ladder.tasks import TaskDataError
+    from ladder.eval.scorer import build_task_evaluator
+    from ladder.eval.tasks import TaskDataError
 
     ckpt = Path(args.checkpoint)
     if not (ckpt / "config.json").is_file():
         print(f"ladder eval: {ckpt} is not a transformers model directory (no config.json)", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     if args.limit is not None and args.sample is not None:
         print("ladder eval: use either --limit (first K) or --sample (random K), not both", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     try:
         tokenizer = load_tokenizer(args.tokenizer or str(ckpt))
         corpus = read_texts(args.corpus_val) if args.corpus_val else None
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
             pack=not args.no_pack, cache_dir=args.cache_dir, max_batch_tokens=args.max_batch_tokens)
     except (KeyError, ValueError, TaskDataError) as e:
         print(f"ladder eval: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     accelerator = Accelerator(cpu=args.device == "cpu")
     dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
     model = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=dtype)

@@ -14,6 +14,8 @@ import argparse
 import json
 import sys
 
+from ladder.exit_codes import EXIT_BAD_INPUT
+
 
 def _n_override(text: str) -> tuple[str, int]:
     pattern, sep, n = text.rpartition("=")
@@ -37,7 +39,7 @@ def _json_dict(text: str) -> dict:
 
 
 def add_arguments(p) -> None:
-    from ladder.wandb_import import DEFAULT_EVAL_PREFIXES, DEFAULT_STEP_KEY, DEFAULT_TOKEN_KEYS
+    from ladder.wandb.importer import DEFAULT_EVAL_PREFIXES, DEFAULT_STEP_KEY, DEFAULT_TOKEN_KEYS
     p.add_argument("project", metavar="ENTITY/PROJECT", help="W&B project, e.g. ai2-llm/olmo-ladder")
     p.add_argument("--out", required=True, metavar="DIR", help="directory for the run directories")
     g = p.add_argument_group("which runs")
@@ -68,7 +70,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ladder.wandb_import import ImportOptions, WandbImportError, import_project, open_api
+    from ladder.wandb.importer import ImportOptions, WandbImportError, import_project, open_api
     opts = ImportOptions(
         name_filter=args.name_filter, mongo=args.mongo, states=tuple(args.state),
         step_key=args.step_key, batch_tokens=args.batch_tokens, n_params=tuple(args.n_params),
@@ -79,13 +81,13 @@ def run(args) -> int:
         opts.eval_prefixes = tuple(args.eval_prefix)
     if opts.batch_tokens is not None and opts.batch_tokens <= 0:
         print("ladder: error: --batch-tokens must be > 0", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     try:
         api = open_api(timeout=args.timeout)
         results = import_project(args.project, args.out, opts, api=api)
     except WandbImportError as e:
         print(f"ladder: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     counts = {s: sum(r.status == s for r in results) for s in ("imported", "skipped", "empty", "failed")}
     print(", ".join(f"{v} {k}" for k, v in counts.items()) + f" -> {args.out}")
     if counts["imported"] or counts["skipped"]:

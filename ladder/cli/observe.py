@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ladder.exit_codes import EXIT_BAD_INPUT
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bench_csv", metavar="BENCH_CSV",
@@ -52,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from analysis.observational import (
+    from analysis.observational.core import (
         FAMILY_COL, MODEL_COL, ObservationalError, load_benchmark_table, run_observational,
         split_by_cutoff, split_by_family, split_from_file, split_random)
 
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         result.write(args.out, plots=not args.no_plots)
     except (ObservationalError, OSError) as e:
         print(f"ladder observe: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
 
     m = result.metrics
     ev = ", ".join(f"{v:.1%}" for v in m["explained_variance"])
@@ -97,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _names(text: str, flag: str) -> list[str]:
-    from analysis.observational import ObservationalError
+    from analysis.observational.core import ObservationalError
 
     names = [s.strip() for s in text.split(",") if s.strip()]
     if not names:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sys
 
+from ladder.exit_codes import EXIT_BAD_INPUT
+
 
 def add_arguments(p) -> None:
     p.add_argument("recipe", metavar="RECIPE", help="recipe YAML")
@@ -16,13 +18,13 @@ def run(args) -> int:
     import json
 
     from ladder.recipe import RecipeError, load_recipe
-    from ladder.sweep import plan_sweep, plan_table, run_flops
+    from ladder.sweep.plan import plan_sweep, plan_table, run_flops
 
     try:
         plan = plan_sweep(load_recipe(args.recipe, args.overrides))
     except (RecipeError, KeyError, ValueError, OSError) as e:
         print(f"ladder plan: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     if args.json:
         print(json.dumps({
             "runs": [{"name": r.name, "role": role, "size": r.size, "n_params": r.n_params,

@@ -46,11 +46,12 @@ def _split(text: str) -> list[str]:
 def run(args) -> int:
     t0 = time.perf_counter()
     from analysis.fit import FitError
-    from analysis.runlog import RunLogError, atomic_write_text
+    from analysis.runlog import RunLogError
+    from analysis.files import atomic_write_text
     try:
         from pathlib import Path
 
-        from analysis.planner import plan_ladder, plot_plan
+        from analysis.practice.planner import plan_ladder, plot_plan
         from ladder.cli.predict import load_inputs
         if (args.target_n is None) != (args.target_d is None):
             raise ValueError("--target-n and --target-d go together")

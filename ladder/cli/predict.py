@@ -11,6 +11,8 @@ from __future__ import annotations
 import sys
 import time
 
+from ladder.exit_codes import EXIT_BAD_INPUT
+
 
 def _number(text: str) -> float:
     """Accept 6887575552, 6.887e9, 6_887_575_552."""
@@ -73,7 +75,7 @@ def add_arguments(p) -> None:
 
 def fail(msg: str) -> int:
     print(f"ladder: error: {msg}", file=sys.stderr)
-    return 2
+    return EXIT_BAD_INPUT
 
 
 def load_inputs(args):
@@ -81,7 +83,7 @@ def load_inputs(args):
     import warnings
 
     from analysis.runlog import read_run, read_runs
-    from analysis.tasks import resolve_tasks
+    from analysis.metrics import resolve_tasks
     tasks = resolve_tasks(args.tasks)
     with warnings.catch_warnings():  # pandas' fragmentation notice on wide W&B exports
         warnings.simplefilter("ignore", category=Warning)

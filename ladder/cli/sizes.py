@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ladder.exit_codes import EXIT_BAD_INPUT
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("names", nargs="*", help="sizes to show (default: all)")
@@ -22,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
         rows = size_table(args.names or None, seq_len=args.seq_len, vocab_size=args.vocab_size)
     except KeyError as e:
         print(f"ladder sizes: error: {e.args[0]}")
-        return 2
+        return EXIT_BAD_INPUT
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import sys
 
+from ladder.exit_codes import EXIT_BAD_INPUT
+
 
 def add_arguments(p) -> None:
     p.add_argument("sweep_dir", metavar="SWEEP_DIR")
@@ -16,8 +18,10 @@ def run(args) -> int:
     from pathlib import Path
 
     from ladder.recipe import RecipeError
-    from ladder.slurm import JOBS_JSON, SLURM_SUBDIR, SlurmError, status
-    from ladder.sweep import SweepError, load_sweep, local_status
+    from ladder.sweep.slurm import JOBS_JSON, SLURM_SUBDIR, SlurmError, status
+    from ladder.sweep.local import local_status
+    from ladder.sweep.plan import SweepError
+    from ladder.sweep.sweepdir import load_sweep
 
     try:
         sweep = load_sweep(args.sweep_dir)
@@ -41,4 +45,4 @@ def run(args) -> int:
         return 0
     except (SweepError, SlurmError, RecipeError, OSError) as e:
         print(f"ladder status: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT

@@ -7,6 +7,8 @@ from __future__ import annotations
 import sys
 import time
 
+from ladder.exit_codes import EXIT_BAD_INPUT
+
 
 def add_arguments(p) -> None:
     p.add_argument("recipe", metavar="RECIPE", help="recipe YAML")
@@ -26,10 +28,11 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from analysis.runlog import RunLogError
-    from ladder.launcher import JobSpecError
+    from ladder.sweep.launcher import JobSpecError
     from ladder.recipe import RecipeError, load_recipe
-    from ladder.slurm import SlurmError
-    from ladder.sweep import SweepError, open_sweep
+    from ladder.sweep.slurm import SlurmError
+    from ladder.sweep.plan import SweepError
+    from ladder.sweep.sweepdir import open_sweep
 
     t0 = time.time()
     try:
@@ -44,15 +47,15 @@ def run(args) -> int:
             ValueError, KeyError) as e:
         print(f"ladder sweep: error: {e.args[0] if isinstance(e, KeyError) else e}",
               file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("\ninterrupted: rerun the same command to resume", file=sys.stderr)
         return 130
 
 
 def _local(sweep, args, t0) -> int:
-    from ladder.slurm import run_state
-    from ladder.sweep import run_local
+    from ladder.sweep.rundir import run_state
+    from ladder.sweep.local import run_local
 
     knobs = sweep.recipe.sweep
     jobs = sweep.jobs()
@@ -60,9 +63,9 @@ def _local(sweep, args, t0) -> int:
     print(f"sweep {sweep.recipe.name}: {len(jobs)} runs in {sweep.dir} "
           f"({len(jobs) - len(todo)} already done)", flush=True)
     outcomes = run_local(todo, sweep.dir / "logs",
-                         parallel=args.parallel or int(knobs.get("parallel", 1)),
+                         parallel=args.parallel or knobs.parallel,
                          max_retries=(args.max_retries if args.max_retries is not None
-                                      else int(knobs.get("max_retries", 2))),
+                                      else knobs.max_retries),
                          echo=lambda m: print(m, flush=True))
     failed = [o for o in outcomes if not o.ok]
     if failed:
@@ -78,7 +81,7 @@ def _local(sweep, args, t0) -> int:
 def _predict(sweep, args, t0) -> int:
     from analysis.predict import mean_abs_error
     from analysis.report import markdown_table
-    from ladder.sweep import predict_sweep
+    from ladder.sweep.predict import predict_sweep
 
     preds, files = predict_sweep(sweep, n_boot=args.n_boot, plots=not args.no_plots,
                                  echo=lambda m: print(m, file=sys.stderr))
@@ -97,7 +100,7 @@ def _predict(sweep, args, t0) -> int:
 
 
 def _submit_slurm(sweep, args) -> int:
-    from ladder.slurm import SlurmConfig, SlurmSweep
+    from ladder.sweep.slurm import SlurmConfig, SlurmSweep
 
     cfg = SlurmConfig.from_dict(sweep.recipe.slurm, f"{sweep.recipe.source}: slurm",
                                 known_sizes=[r.size for _, r in sweep.plan.all_runs()])

@@ -25,9 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ladder.data import DataError
+    from ladder.data.pipeline import DataError
     from ladder.recipe import RecipeError, load_recipe
-    from ladder.train import EXIT_BAD_INPUT, EXIT_NONFINITE, NonFiniteLossError, train
+    from ladder.exit_codes import EXIT_BAD_INPUT, EXIT_DIVERGED
+    from ladder.train.loop import NonFiniteLossError, train
 
     try:
         recipe = load_recipe(args.recipe, args.overrides)
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     except NonFiniteLossError as e:
         print(f"ladder train: error: {e}", file=sys.stderr)
-        return EXIT_NONFINITE
+        return EXIT_DIVERGED
     if result.status == "already-complete":
         print(f"{result.run_dir}: already complete ({result.step}/{result.total_steps} steps)")
     elif result.status == "completed":

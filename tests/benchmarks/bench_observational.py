@@ -25,12 +25,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from analysis.imputation import LowRankImputer  # noqa: E402
-from analysis.pca import PCA  # noqa: E402
-from analysis.observational import (  # noqa: E402
+from analysis.observational.imputation import LowRankImputer  # noqa: E402
+from analysis.observational.pca import PCA  # noqa: E402
+from analysis.observational.core import (  # noqa: E402
     ObservationalScalingLaw, fit_sigmoid_link, benchmark_columns, load_benchmark_table, run_observational,
     split_from_file)
-from analysis.observational_selection import PAPER, candidate_grid, select_method  # noqa: E402
+from analysis.observational.selection import PAPER, candidate_grid, select_method  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 AUTHORS = {  # the authors' code on this split: test MSE, test MAE, variance of 3 PCs

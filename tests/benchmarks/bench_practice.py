@@ -27,12 +27,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from analysis.planner import plan_ladder  # noqa: E402
-from analysis.practice import (LossLawEstimator, PracticeResult, PracticeRow,  # noqa: E402
+from analysis.practice.planner import plan_ladder  # noqa: E402
+from analysis.practice.estimation import (LossLawEstimator, PracticeResult, PracticeRow,  # noqa: E402
                                compare_configs, practice_backtest, step1_points_configs)
 from analysis.predict import actual_values  # noqa: E402
 from analysis.runlog import read_runs  # noqa: E402
-from analysis.tasks import PAPER_TASKS  # noqa: E402
+from analysis.metrics import PAPER_TASKS  # noqa: E402
 from analysis.twostep import TwoStepConfig, fit_task  # noqa: E402
 
 SCENARIOS = (["1B"], ["760M", "1B"], ["1B", "10xC"])

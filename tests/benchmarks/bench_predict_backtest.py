@@ -21,7 +21,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from analysis.backtest import backtest  # noqa: E402
+from analysis.practice.backtest import backtest  # noqa: E402
 from analysis.runlog import read_runs  # noqa: E402
 from analysis.twostep import TwoStepConfig  # noqa: E402
 

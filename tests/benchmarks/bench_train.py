@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _setup(args):
     import torch
 
-    from ladder.data import DataConfig, ModelConfig, PackedSequences, prepare_data
+    from ladder.data.pipeline import DataConfig, ModelConfig, PackedSequences, prepare_data
     from ladder.recipe import from_dict, plan_run
 
     if args.threads:
@@ -72,10 +72,10 @@ def run_ours(args) -> dict:
     import torch
     from accelerate import Accelerator
 
-    from ladder.data import BatchSampler
-    from ladder.host_memory import keep_freed_memory
+    from ladder.data.pipeline import BatchSampler
+    from ladder.train.host_memory import keep_freed_memory
     from ladder.recipe import lr_lambda
-    from ladder.train import _train_step, build_model, build_optimizer
+    from ladder.train.loop import _train_step, build_model, build_optimizer
 
     recipe, plan, seqs = _setup(args)
     cuda = torch.cuda.is_available()
@@ -111,8 +111,8 @@ def run_trainer(args) -> dict:
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from ladder.data import BatchSampler
-    from ladder.train import build_model
+    from ladder.data.pipeline import BatchSampler
+    from ladder.train.loop import build_model
 
     recipe, plan, seqs = _setup(args)
     sampler = BatchSampler(seqs.n, plan.batch_seqs, 0)
@@ -162,7 +162,7 @@ def run_trainer(args) -> dict:
 def child(args) -> None:
     import torch
 
-    from ladder.tracking import peak_flops
+    from ladder.train.tracking import peak_flops
 
     res = (run_trainer if args.variant == "trainer" else run_ours)(args)
     plan, device = res["plan"], torch.device(res["device"])
@@ -191,7 +191,7 @@ def main() -> int:
                     help="torch.compile our model (train.compile: true; default), both models, or neither")
     ap.add_argument("--repeats", type=int, default=2, help="alternating runs per variant; best is kept")
     ap.add_argument("--no-keep-memory", action="store_true",
-                    help="ablation: leave glibc's allocator at its defaults in our loop (ladder/host_memory.py)")
+                    help="ablation: leave glibc's allocator at its defaults in our loop (ladder/train/host_memory.py)")
     ap.add_argument("--variant", choices=["ours", "ours-eager", "trainer"], help=argparse.SUPPRESS)
     ap.add_argument("--tmp", default="/tmp/ladder-bench", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -204,7 +204,7 @@ def main() -> int:
     import torch
 
     if not torch.cuda.is_available() and "LADDER_PEAK_FLOPS" not in env:  # one CPU peak for all variants
-        from ladder.tracking import measure_cpu_matmul_flops
+        from ladder.train.tracking import measure_cpu_matmul_flops
 
         if args.threads:
             torch.set_num_threads(args.threads)

@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from analysis.backtest import (BacktestResult, _held_out, mults_by_value, run_mult, run_size,
+from analysis.practice.backtest import (BacktestResult, _held_out, mults_by_value, run_mult, run_size,
                                sizes_by_n, split_holdout)
 from analysis.predict import Target, predict_targets
 from analysis.runlog import RunLog
 from analysis.twostep import TwoStepConfig
 
-MIN_RUNS = 5  # as analysis.backtest: fewer runs cannot pin a 4-parameter law plus a link
+MIN_RUNS = 5  # as analysis.practice.backtest: fewer runs cannot pin a 4-parameter law plus a link
 
 
 def run_compute(run: RunLog) -> float:

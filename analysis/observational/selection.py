@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from analysis.observational import ObservationalError, ObservationalScalingLaw
+from analysis.observational.core import ObservationalError, ObservationalScalingLaw
 
 FORWARD_FRACTIONS = (0.6, 0.7, 0.8)
 KFOLD = 5

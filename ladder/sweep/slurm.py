@@ -27,7 +27,6 @@ verbatim; otherwise the ids are recorded and the arrays released.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shlex
@@ -38,14 +37,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from analysis.runlog import (METRICS_JSONL, RUN_JSON, TOKENS, RunLogError, atomic_write_text,
-                             read_metrics_jsonl)
-from ladder.launcher import CHECKPOINT_EXIT_CODE, Job, JobSpecError, Resources, accelerate_options
+from analysis.files import atomic_write_text
+from ladder.sweep.rundir import DONE_MARKER, RunState, run_state
+from ladder.units import si
+from ladder.sweep.launcher import CHECKPOINT_EXIT_CODE, Job, JobSpecError, Resources, accelerate_options
 
 SLURM_SUBDIR = "slurm"
 JOBS_JSON = "jobs.json"
-DONE_MARKER = "DONE"
-LOSS_COLUMN = "train/CrossEntropyLoss"
 JOBS_FORMAT = "ladder-slurm-jobs/1"
 
 # Rung states reported by :func:`status`.
@@ -67,59 +65,6 @@ class SbatchError(SlurmError):
     def __init__(self, script: Path, returncode: int, stderr: str):
         self.script, self.returncode, self.stderr = script, returncode, stderr
         super().__init__(f"sbatch rejected {script} (exit {returncode}):\n{stderr.rstrip()}")
-
-
-# ---------------------------------------------------------------------------- run directories
-
-
-@dataclass
-class RunState:
-    """What a run directory says about its run, independent of any scheduler."""
-
-    state: str  # "new" (nothing logged), "partial" (logged, not finished), "done"
-    tokens: float | None = None  # of the last evaluation
-    target_tokens: float | None = None
-    loss: float | None = None  # last logged train/CrossEntropyLoss
-    evals: int = 0
-    note: str = ""
-
-    @property
-    def done(self) -> bool:
-        return self.state == "done"
-
-
-def run_state(run_dir: str | os.PathLike | None) -> RunState:
-    """Done = a ``DONE`` marker, or the last metrics row reached ``target_tokens`` from run.json
-    (within half a batch, since step counts are rounded). Never raises on a damaged directory:
-    status must work while runs are being written; the problem goes into ``note``."""
-    if run_dir is None:
-        return RunState("new", note="no run directory")
-    d = Path(run_dir)
-    meta: dict[str, Any] = {}
-    note = ""
-    if (d / RUN_JSON).exists():
-        try:
-            meta = json.loads((d / RUN_JSON).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            note = f"{d / RUN_JSON}: {e}"
-    try:
-        rows = read_metrics_jsonl(d / METRICS_JSONL)
-    except (OSError, RunLogError) as e:
-        rows, note = [], str(e)
-    target = meta.get("target_tokens")
-    target = float(target) if isinstance(target, (int, float)) else None
-    tokens = _finite(rows[-1].get(TOKENS)) if rows else None
-    loss = next((_finite(r[LOSS_COLUMN]) for r in reversed(rows)
-                 if _finite(r.get(LOSS_COLUMN)) is not None), None)
-    slack = 0.5 * float(meta.get("batch_tokens") or 0)
-    done = (d / DONE_MARKER).exists() or (
-        tokens is not None and target is not None and tokens >= target - slack)
-    state = "done" if done else "partial" if rows else "new"
-    return RunState(state, tokens, target, loss, len(rows), note)
-
-
-def _finite(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
 # ---------------------------------------------------------------------------- recipe config
@@ -617,7 +562,7 @@ class SweepStatus:
         rows = [head]
         for r in self.rungs:
             rows.append((r.name, r.state, r.job_id or "-", r.slurm_state or "-", str(r.restarts),
-                         _fmt_tokens(r.tokens), _fmt_tokens(r.target_tokens),
+                         si(r.tokens, 3), si(r.target_tokens, 3),
                          f"{r.loss:.4f}" if r.loss is not None else "-"))
         widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
         text = "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
@@ -627,15 +572,6 @@ class SweepStatus:
                      + (f" ({self.final['reason']})" if self.final.get("reason") not in
                         (None, "None") else ""))
         return text
-
-
-def _fmt_tokens(t: float | None) -> str:
-    if t is None:
-        return "-"
-    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(t) >= scale:
-            return f"{t / scale:.3g}{unit}"
-    return f"{t:.0f}"
 
 
 def _slurm_records(submission: dict[str, Any]) -> dict[str, dict[str, str]]:

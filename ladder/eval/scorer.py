@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ladder.tasks import Doc, Task, TaskGroup, load_docs, resolve_task_groups, source_fingerprint
+from ladder.eval.tasks import Doc, Task, TaskGroup, load_docs, resolve_task_groups, source_fingerprint
 
 log = logging.getLogger(__name__)
 

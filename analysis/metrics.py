@@ -61,7 +61,7 @@ OTHER_TASKS: dict[str, TaskSpec] = {
 }
 
 # In-distribution ranked classification built from the training corpus's validation documents
-# (ladder.tasks): the task tiny CPU ladders are predicted on.
+# (ladder.eval.tasks): the task tiny CPU ladders are predicted on.
 CORPUS_TASKS: dict[str, TaskSpec] = {
     "corpus_cont": TaskSpec("corpus_cont", "val", (("corpus_cont", 1.0),), shots="rc_0shot"),
 }
@@ -87,3 +87,10 @@ def resolve_tasks(spec: str) -> dict[str, TaskSpec]:
     if not out:
         raise KeyError(f"empty task list '{spec}'")
     return out
+
+
+# Chance accuracy of the paper's tasks (1 / number of choices).
+CHANCE_ACCURACY = {"mmlu": 0.25, "mmlu_val": 0.25, "hellaswag": 0.25, "arc_challenge": 0.25,
+          "arc_easy": 0.25, "arc_challenge_val": 0.25, "arc_easy_val": 0.25, "piqa": 0.5,
+          "csqa": 0.2, "socialiqa": 1 / 3, "openbookqa": 0.25, "openbookqa_val": 0.25,
+          "boolq": 0.5, "winogrande": 0.5}

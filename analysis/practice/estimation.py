@@ -17,7 +17,7 @@ What the guide tests, and what this module lets a ladder test on its own runs:
 
 Every comparison is scored on held-out runs by :func:`practice_backtest` (never on a real
 target); :func:`compare_configs` compares whole two-step configurations (loss ARE and chained
-accuracy) through :func:`analysis.backtest.backtest`.
+accuracy) through :func:`analysis.practice.backtest.backtest`.
 """
 
 from __future__ import annotations
@@ -28,13 +28,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from analysis.backtest import BacktestResult, backtest, split_holdout
+from analysis.practice.backtest import BacktestResult, backtest, split_holdout
+from analysis.files import finite_or_none
 from analysis.fit import single_threaded_blas
 from analysis.laws import ChinchillaLaw, ComputeLaw, Law, TiedChinchillaLaw
 from analysis.predict import _as_tasks, actual_values
 from analysis.runlog import RunLog
-from analysis.tasks import TaskSpec
-from analysis.twostep import (RunSeries, TwoStepConfig, fit_task, moving_average, run_series)
+from analysis.metrics import TaskSpec
+from analysis.twostep import RunSeries, TwoStepConfig, fit_task, moving_average, run_series
+from analysis.twostep.step1 import checkpoint_indices
 
 
 def are(pred, actual) -> np.ndarray:
@@ -112,12 +114,6 @@ class PartialRun:
             raise ValueError(f"partial run {self.run.name}: fraction {self.frac} must be in (0, 1)")
 
 
-def _thin(idx: np.ndarray, k: int) -> np.ndarray:
-    if idx.size > k:
-        idx = idx[np.unique(np.round(np.linspace(0, idx.size - 1, k)).astype(int))]
-    return idx
-
-
 def partial_series(s: RunSeries, frac: float, planned_d: float) -> RunSeries:
     """The checkpoints a partially trained target would have: tokens <= frac x planned D."""
     keep = s.tokens <= frac * planned_d * (1 + 1e-9)
@@ -161,10 +157,7 @@ class LossLawEstimator:
         if self.points == "final" and planned_d is None:
             return np.array([s.d]), np.array([float(np.mean(s.feature[-self.last:]))])
         full_d = planned_d if planned_d is not None else s.d
-        idx = np.flatnonzero(s.tokens >= max(self.drop_frac * full_d, self.drop_tokens))
-        if idx.size == 0:
-            idx = np.array([s.tokens.size - 1])
-        idx = _thin(idx, self.per_run)
+        idx = checkpoint_indices(s.tokens, max(self.drop_frac * full_d, self.drop_tokens), self.per_run)
         return s.tokens[idx], moving_average(s.feature, self.smooth)[idx]
 
     def fit(self, runs: list[RunLog], partial: list[PartialRun] = ()) -> "LossLawEstimator":
@@ -271,14 +264,10 @@ class PracticeRow:
 
     def to_json(self) -> dict:
         return {"method": self.method, "task": self.task, "target": self.target,
-                "pred_loss": _finite(self.pred_loss), "actual_loss": self.actual_loss,
-                "loss_are": _finite(self.loss_are), "pred_acc": _finite(self.pred_acc),
-                "actual_acc": self.actual_acc, "acc_error": _finite(self.acc_error),
+                "pred_loss": finite_or_none(self.pred_loss), "actual_loss": self.actual_loss,
+                "loss_are": finite_or_none(self.loss_are), "pred_acc": finite_or_none(self.pred_acc),
+                "actual_acc": self.actual_acc, "acc_error": finite_or_none(self.acc_error),
                 "converged": self.converged}
-
-
-def _finite(v):
-    return None if v is None or not np.isfinite(v) else float(v)
 
 
 @dataclass
@@ -321,10 +310,10 @@ class PracticeResult:
 
     def to_json(self) -> dict:
         return {"holdout": self.holdout,
-                "summary": {m: {"loss_are": _finite(self.loss_are(m)),
-                                "acc_mae": _finite(self.acc_mae(m)),
-                                "per_task_loss_are": {t: _finite(self.loss_are(m, t)) for t in self.tasks},
-                                "per_task_acc_mae": {t: _finite(self.acc_mae(m, t)) for t in self.tasks}}
+                "summary": {m: {"loss_are": finite_or_none(self.loss_are(m)),
+                                "acc_mae": finite_or_none(self.acc_mae(m)),
+                                "per_task_loss_are": {t: finite_or_none(self.loss_are(m, t)) for t in self.tasks},
+                                "per_task_acc_mae": {t: finite_or_none(self.acc_mae(m, t)) for t in self.tasks}}
                             for m in self.methods},
                 "rows": [r.to_json() for r in self.rows]}
 

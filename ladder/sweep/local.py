@@ -1,0 +1,111 @@
+"""The local backend: run a sweep's rungs on this machine, each in its own process, with retries
+decided from exit codes (requeue on preemption, never retry bad input), and their status."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ladder.exit_codes import EXIT_BAD_INPUT
+from ladder.sweep.launcher import CHECKPOINT_EXIT_CODE, Job, local_argv
+from ladder.sweep.sweepdir import Sweep
+
+
+@dataclass
+class RungOutcome:
+    name: str
+    ok: bool
+    attempts: int
+    seconds: float
+    returncode: int | None
+    log: Path
+
+
+def run_local(jobs: list[Job], log_dir: Path, *, parallel: int = 1, max_retries: int = 2,
+              threads: int | None = None, echo=print) -> list[RungOutcome]:
+    """Run jobs on this machine, ``parallel`` at a time. A job that fails is retried up to
+    ``max_retries`` times (it resumes from its checkpoint); one that checkpointed on a signal
+    (exit 75) is restarted without counting as a failure. Ctrl-C stops every rung; a rerun of
+    the sweep resumes them."""
+    from ladder.sweep.rundir import run_state
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    cores = os.cpu_count() or 1
+    env = dict(os.environ)
+    per_job = threads or max(1, cores // max(1, parallel))
+    env.setdefault("OMP_NUM_THREADS", str(per_job))
+    env["PYTHONUNBUFFERED"] = "1"
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    pending = list(jobs)
+    attempts: dict[str, int] = {}
+    failures: dict[str, int] = {}
+    running: dict[str, tuple[Job, subprocess.Popen, float, Any]] = {}
+    outcomes: list[RungOutcome] = []
+    total = len(jobs)
+    try:
+        while pending or running:
+            while pending and len(running) < parallel:
+                job = pending.pop(0)
+                attempts[job.name] = attempts.get(job.name, 0) + 1
+                log = open(log_dir / f"{job.name}.log", "a")
+                log.write(f"\n=== attempt {attempts[job.name]}: {' '.join(local_argv(job))}\n")
+                log.flush()
+                proc = subprocess.Popen(local_argv(job), stdout=log, stderr=subprocess.STDOUT,
+                                        env=env, start_new_session=True)
+                running[job.name] = (job, proc, time.time(), log)
+            time.sleep(0.2)
+            for name, (job, proc, t0, log) in list(running.items()):
+                rc = proc.poll()
+                if rc is None:
+                    continue
+                log.close()
+                del running[name]
+                secs = time.time() - t0
+                if rc == 0:
+                    st = run_state(job.run_dir)
+                    loss = f", train loss {st.loss:.4f}" if st.loss is not None else ""
+                    echo(f"[{len(outcomes) + 1}/{total}] {name} done in {secs:.0f}s "
+                         f"({st.evals} evaluations{loss})")
+                    outcomes.append(RungOutcome(name, True, attempts[name], secs, rc, Path(log.name)))
+                elif rc == CHECKPOINT_EXIT_CODE and attempts[name] < 100:
+                    echo(f"{name}: checkpointed on a signal, restarting")
+                    pending.insert(0, job)
+                else:
+                    failures[name] = failures.get(name, 0) + 1
+                    # exit 2 = bad recipe/arguments: deterministic, a retry cannot help
+                    if failures[name] <= max_retries and rc != EXIT_BAD_INPUT:
+                        echo(f"{name}: failed (exit {rc}), retry {failures[name]}/{max_retries} "
+                             f"from its last checkpoint; log: {log.name}")
+                        pending.append(job)
+                    else:
+                        echo(f"[{len(outcomes) + 1}/{total}] {name} FAILED (exit {rc}) after "
+                             f"{attempts[name]} attempts; log: {log.name}")
+                        outcomes.append(RungOutcome(name, False, attempts[name], secs, rc,
+                                                    Path(log.name)))
+    except KeyboardInterrupt:
+        for _, proc, _, _ in running.values():
+            try:
+                os.killpg(proc.pid, 15)  # the trainer checkpoints on SIGTERM
+            except ProcessLookupError:
+                pass
+        for _, proc, _, _ in running.values():
+            proc.wait()
+        raise
+    return outcomes
+
+
+def local_status(sweep: Sweep) -> list[dict[str, Any]]:
+    from ladder.sweep.rundir import run_state
+
+    out = []
+    for role, r in sweep.plan.all_runs():
+        st = run_state(sweep.run_dir(r))
+        out.append({"name": r.name, "role": role, "state": st.state, "tokens": st.tokens,
+                    "target_tokens": st.target_tokens, "loss": st.loss, "evals": st.evals,
+                    "note": st.note})
+    return out

@@ -1,0 +1,64 @@
+"""Predict a sweep's targets from its finished rungs into SWEEP_DIR/predictions/ (and W&B)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ladder.recipe import Recipe
+from ladder.sweep.plan import SweepError
+from ladder.sweep.sweepdir import Sweep
+
+
+def predict_sweep(sweep: Sweep, *, n_boot: int = 200, plots: bool = True, echo=print):
+    """Fit on the rungs only (never on a target's run) and predict every target. Writes
+    predictions/ and returns the predictions."""
+    from analysis.predict import Target, predict_targets
+    from analysis.report import write_report
+    from analysis.runlog import read_run
+
+    plan = sweep.plan
+    if not plan.targets:
+        raise SweepError(f"{sweep.recipe.source}: the recipe has no 'targets' to predict")
+    missing = [r.name for r in plan.rungs if not (sweep.run_dir(r) / "metrics.jsonl").exists()]
+    if missing:
+        raise SweepError(f"cannot predict: rungs without logs: {', '.join(missing)}")
+    runs = [read_run(sweep.run_dir(r)) for r in plan.rungs]
+    targets = [Target(t.name, t.n, t.d) for t in plan.targets]
+    actuals = {t.name: read_run(sweep.run_dir(t.run)) for t in plan.targets
+               if t.run is not None and (sweep.run_dir(t.run) / "metrics.jsonl").exists()}
+    tasks = prediction_tasks(sweep.recipe)
+    preds = predict_targets(runs, targets, tasks, actuals=actuals, n_boot=n_boot,
+                            keep_samples=plots, warn=lambda m: echo(f"warning: {m}"))
+    out = sweep.predictions_dir
+    files = write_report(preds, out, f"{sweep.recipe.name}: predictions", plots=plots)
+    _log_to_wandb(sweep, preds, files, echo)
+    return preds, files
+
+
+def prediction_tasks(recipe: Recipe) -> str:
+    """The tasks to predict: the sweep's `predict_tasks`, else the tasks evaluated in the loop."""
+    tasks = recipe.sweep.predict_tasks or recipe.evaluation.tasks
+    if not tasks:
+        raise SweepError(f"{recipe.source}: nothing to predict: set 'evaluation.tasks' (evaluated "
+                         f"at every checkpoint) or 'sweep.predict_tasks'")
+    return tasks
+
+
+def _log_to_wandb(sweep: Sweep, preds, files: dict[str, Path], echo) -> None:
+    t = sweep.recipe.tracking
+    if not t.wandb or t.mode == "disabled":
+        return
+    try:
+        from ladder.wandb.report import log_predictions
+    except ImportError:
+        return
+    pngs = [p for k, p in files.items() if str(p).endswith(".png")]
+    try:
+        log_predictions([p.to_json(details=False) for p in preds], pngs, project=t.project,
+                        entity=t.entity, group=t.group or sweep.recipe.name, mode=t.mode,
+                        run_dir=str(sweep.dir))
+    except Exception as e:  # the predictions are on disk already; tracking must not lose them
+        echo(f"warning: could not log predictions to W&B ({type(e).__name__}: {e}); "
+             f"they are in {sweep.predictions_dir}")
+        return
+    echo(f"logged predictions to W&B ({t.mode}) in group {t.group or sweep.recipe.name}")

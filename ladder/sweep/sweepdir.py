@@ -1,0 +1,123 @@
+"""A sweep: a recipe's whole ladder, run locally or on SLURM, then its targets predicted.
+
+    recipe --plan--> runs (stable names) --backend--> run directories --predict--> predictions/
+
+The sweep directory is the unit a user keeps:
+  sweep.json      the manifest: recipe hash, rungs, targets (refuses a different recipe)
+  recipe.yaml     the resolved recipe every rung is started with (edits to the original later
+                  cannot change a half-finished ladder)
+  runs/<name>/    one run directory per rung and per trained target (run.json, metrics.jsonl,
+                  checkpoints)
+  logs/<name>.log the output of each local rung;  slurm/  scripts, job ids, SLURM logs
+  predictions/    predictions.json, report.md, plots (written when every rung is done)
+
+Rungs are started through the same entry point as ``ladder train``, in their own process, so a
+rung that crashes or is killed costs only that rung, and a rerun resumes it from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from analysis.files import atomic_write_text
+from ladder.recipe import Recipe, RunPlan, load_recipe
+from ladder.sweep.launcher import Job, Resources
+from ladder.sweep.plan import SweepError, SweepPlan, plan_sweep
+
+MANIFEST = "sweep.json"
+FROZEN_RECIPE = "recipe.yaml"
+MANIFEST_FORMAT = "ladder-sweep/1"
+# Sections that change how a sweep is run, not what it computes: editing them is allowed.
+OPERATIONAL_SECTIONS = ("sweep", "slurm", "tracking")
+
+
+def science_hash(recipe: Recipe) -> str:
+    """Hash of what determines the runs' numbers (not how or where they are run)."""
+    import hashlib
+
+    d = recipe.to_dict()
+    for k in OPERATIONAL_SECTIONS:
+        d.pop(k, None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Sweep:
+    """A planned sweep bound to its directory."""
+
+    dir: Path
+    plan: SweepPlan
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.plan.recipe
+
+    def run_dir(self, plan: RunPlan) -> Path:
+        return self.dir / "runs" / plan.name
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.dir / "predictions"
+
+    def rung_job(self, plan: RunPlan, resources: Resources = Resources()) -> Job:
+        argv = [sys.executable, "-m", "ladder", "train", str(self.dir / FROZEN_RECIPE),
+                "--size", plan.size, "--multiplier", repr(plan.multiplier), "--seed", str(plan.seed),
+                "--out", str(self.run_dir(plan))]
+        return Job(plan.name, tuple(argv), self.run_dir(plan), resources)
+
+    def jobs(self, resources_for=lambda size: Resources()) -> list[Job]:
+        return [self.rung_job(r, resources_for(r.size)) for _, r in self.plan.all_runs()]
+
+    def predict_job(self, resources: Resources = Resources()) -> Job:
+        argv = [sys.executable, "-m", "ladder", "sweep", str(self.dir / FROZEN_RECIPE),
+                "--out", str(self.dir), "--predict-only"]
+        return Job("predict", tuple(argv), None, resources)
+
+
+def open_sweep(recipe: Recipe, sweep_dir: str | os.PathLike) -> Sweep:
+    """Create the sweep directory, or reopen it if it was made from the same recipe. A sweep
+    directory made from a different recipe is refused: mixing runs corrupts the fits."""
+    d = Path(sweep_dir).resolve()
+    plan = plan_sweep(recipe)
+    h = science_hash(recipe)
+    manifest = d / MANIFEST
+    if manifest.exists():
+        try:
+            old = json.loads(manifest.read_text())
+        except json.JSONDecodeError as e:
+            raise SweepError(f"{manifest}: invalid JSON ({e})") from e
+        if old.get("recipe_hash") != h:
+            raise SweepError(
+                f"{d} holds a sweep of a different recipe ('{old.get('recipe_name')}', hash "
+                f"{old.get('recipe_hash')}; this recipe '{recipe.name}' from {recipe.source} hashes "
+                f"to {h}). Refusing to mix runs: use another --out directory.")
+    d.mkdir(parents=True, exist_ok=True)
+    sweep = Sweep(d, plan)
+    # The frozen recipe is the source of truth for every rung; rewritten only if operational
+    # sections changed (same science hash).
+    atomic_write_text(d / FROZEN_RECIPE, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    atomic_write_text(manifest, json.dumps({
+        "format": MANIFEST_FORMAT,
+        "recipe_name": recipe.name,
+        "recipe_source": str(recipe.source),
+        "recipe_hash": h,
+        "runs": [{"name": r.name, "role": role, "size": r.size, "multiplier": r.multiplier,
+                  "seed": r.seed, "n_params": r.n_params, "target_tokens": r.target_tokens,
+                  "run_dir": str(sweep.run_dir(r))} for role, r in plan.all_runs()],
+        "targets": [{"name": t.name, "n": t.n, "d": t.d, "size": t.size,
+                     "run": t.run.name if t.run else None} for t in plan.targets],
+    }, indent=2) + "\n")
+    return sweep
+
+
+def load_sweep(sweep_dir: str | os.PathLike) -> Sweep:
+    d = Path(sweep_dir)
+    if not (d / MANIFEST).exists():
+        raise SweepError(f"{d}: not a sweep directory (no {MANIFEST})")
+    return open_sweep(load_recipe(d / FROZEN_RECIPE), d)

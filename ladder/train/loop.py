@@ -1,0 +1,330 @@
+"""Train one rung of a ladder: ``train(recipe, size, multiplier, seed, out)``.
+
+The model is a Hugging Face ``Olmo2ForCausalLM``; parallelism (DDP/FSDP, processes, mixed
+precision) is accelerate's. :func:`ladder.train.setup.setup` builds the run; this module is the
+loop: one optimizer step is :func:`_train_step`, and a :class:`Cadence` says at which steps the
+run logs, evaluates and checkpoints (:class:`Trainer`'s ``log``, ``evaluate`` and ``save``).
+
+Exit codes of ``ladder train`` (for SLURM wrappers): :mod:`ladder.exit_codes`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from analysis.runlog import TRAIN_LOSS
+from ladder.data.pipeline import PackedSequences
+from ladder.exit_codes import EXIT_OK, EXIT_PREEMPTED
+from ladder.recipe import Recipe, RunPlan, eval_steps
+from ladder.train import checkpoint as ckpt
+from ladder.train.loss import next_token_loss
+from ladder.train.setup import RunContext, setup
+
+LR = "optim/learning_rate_group0"
+
+
+class NonFiniteLossError(RuntimeError):
+    def __init__(self, step: int, value: float, last_checkpoint: Path | None):
+        self.step, self.value, self.last_checkpoint = step, value, last_checkpoint
+        where = f"last good checkpoint: {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
+        super().__init__(f"training loss is {value} at step {step}; stopped ({where}). "
+                         "Lower train.lr, check the data, or resume from the checkpoint with changes.")
+
+
+@dataclass
+class TrainResult:
+    status: str  # "completed" | "preempted" | "already-complete"
+    run_dir: Path
+    step: int
+    total_steps: int
+    last_row: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_PREEMPTED if self.status == "preempted" else EXIT_OK
+
+
+class _Preemption:
+    """SIGTERM/SIGUSR1 set a flag; the loop finishes its step, checkpoints and exits."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_Preemption":
+        for s in self.SIGNALS:
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread: no signal handling
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+@dataclass
+class Cadence:
+    """At which steps the loop evaluates, checkpoints and logs (the only host syncs)."""
+
+    evals: set[int]
+    checkpoints: set[int]
+    log_interval: int
+    total_steps: int
+
+    @classmethod
+    def for_run(cls, recipe: Recipe, plan: RunPlan) -> "Cadence":
+        evals = set(eval_steps(plan.total_steps, recipe.evaluation))
+        every = recipe.checkpoint.interval
+        ckpts = evals if every is None else set(range(every, plan.total_steps + 1, every)) | {plan.total_steps}
+        return cls(evals, ckpts, recipe.tracking.log_interval, plan.total_steps)
+
+    def evaluate(self, step: int) -> bool:
+        return step in self.evals
+
+    def checkpoint(self, step: int) -> bool:
+        return step in self.checkpoints
+
+    def sync(self, step: int) -> bool:
+        return (self.evaluate(step) or self.checkpoint(step) or step % self.log_interval == 0
+                or step == self.total_steps)
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+def train(recipe: Recipe, size: str | None = None, multiplier: float | None = None,
+          seed: int | None = None, out: str | os.PathLike | None = None, *,
+          task_evaluator: Callable | None = None, cache: str | os.PathLike | None = None,
+          progress: bool = True) -> TrainResult:
+    """Train (or resume) one rung. Re-running with the same arguments resumes from the latest
+    complete checkpoint, or returns at once if the run already finished.
+
+    Raises :class:`NonFiniteLossError` if the loss diverges. ``task_evaluator`` replaces the
+    evaluator built from ``evaluation.tasks`` (for tests and custom evaluations)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # save_pretrained's shard bar, once per checkpoint
+    ctx = setup(recipe, size, multiplier, seed, out, task_evaluator=task_evaluator, cache=cache)
+    total = ctx.plan.total_steps
+    if ctx.step >= total:
+        return TrainResult("already-complete", ctx.run_dir, ctx.step, total, ctx.last_row())
+    trainer = Trainer(ctx, Cadence.for_run(recipe, ctx.plan), progress)
+    step, status = ctx.step, "completed"
+    with _Preemption() as preempt, trainer.tracking():
+        while step < total:
+            trainer.step(step)
+            step += 1
+            stop = preempt.requested
+            if trainer.cadence.sync(step):
+                stop = trainer.agree(stop)  # across processes, at sync points only
+            if trainer.cadence.sync(step) or stop:
+                trainer.log(step)
+            if trainer.cadence.evaluate(step):
+                trainer.evaluate(step)
+            if trainer.cadence.checkpoint(step) or stop:
+                trainer.save(step, is_eval=trainer.cadence.evaluate(step))
+            if stop and step < total:
+                status = "preempted"
+                ctx.accelerator.print(f"\npreemption signal: checkpoint saved at step {step}; "
+                                      f"rerun the same command to resume (exit {EXIT_PREEMPTED})")
+                break
+    trainer.close()
+    ctx.set_status(status)
+    return TrainResult(status, ctx.run_dir, step, total, ctx.last_row())
+
+
+class Trainer:
+    """The loop's components over one :class:`RunContext`: step, log, evaluate, save."""
+
+    def __init__(self, ctx: RunContext, cadence: Cadence, progress: bool):
+        from ladder.train.tracking import peak_flops
+
+        self.ctx, self.cadence = ctx, cadence
+        self.peak, _ = peak_flops(ctx.accelerator.device)
+        self.bar = _progress(ctx.accelerator, progress, ctx.step, ctx.plan)
+        self.pending: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet checked on the host
+        self.last_loss, self.lr, self.tps, self.mfu = float("nan"), float("nan"), 0.0, None
+        self.tokens, self.seconds = 0, 0.0  # since the last log
+        self.gnorm: torch.Tensor | float = float("nan")
+        self._trackers = False
+
+    @contextlib.contextmanager
+    def tracking(self):
+        """W&B (through accelerate's trackers) for the loop's duration."""
+        from ladder.train.tracking import jsonable_config, wandb_settings
+
+        c = self.ctx
+        log_with, init_kwargs = wandb_settings(c.recipe.tracking, c.recipe.name, c.plan.name, str(c.run_dir))
+        if log_with:
+            c.accelerator.init_trackers(c.recipe.tracking.project, config=jsonable_config(c.meta.to_json()),
+                                        init_kwargs=init_kwargs)
+            self._trackers = True
+        yield
+
+    def step(self, step: int) -> None:
+        c = self.ctx
+        t0 = time.perf_counter()
+        loss, self.gnorm = _train_step(c.model, c.optimizer, c.scheduler, c.accelerator, c.train_seqs,
+                                       c.sampler.indices(step), c.micro, c.accum, c.recipe.optimizer.grad_clip)
+        self.pending.append((step + 1, loss))
+        self.seconds += time.perf_counter() - t0
+        self.tokens += c.plan.batch_tokens
+
+    def agree(self, stop: bool) -> bool:
+        """Preemption is acted on when any process was signalled."""
+        acc = self.ctx.accelerator
+        if acc.num_processes == 1:
+            return stop
+        return bool(acc.reduce(torch.tensor(float(stop), device=acc.device), "max").item())
+
+    def log(self, step: int) -> None:
+        """Check the pending losses (NaN stops the run) and log loss, LR and throughput."""
+        c = self.ctx
+        try:
+            self.last_loss = _check_finite(self.pending, c.accelerator, c.last_checkpoint)
+        except NonFiniteLossError:
+            c.set_status("diverged")
+            raise
+        self.pending.clear()
+        self.tps = self.tokens / max(self.seconds, 1e-9)
+        self.mfu = c.plan.flops_per_token * self.tps / self.peak if self.peak else None
+        self.lr = c.scheduler.get_last_lr()[0]
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"loss {self.last_loss:.4f} tok/s {self.tps:,.0f}"
+                                     + (f" MFU {100 * self.mfu:.1f}%" if self.mfu is not None else ""),
+                                     refresh=False)
+            self.bar.update(step - self.bar.n)
+        c.accelerator.log({TRAIN_LOSS: self.last_loss, LR: self.lr, "throughput/tokens_per_second": self.tps,
+                           **({"throughput/mfu": self.mfu} if self.mfu is not None else {}),
+                           "optim/total_grad_norm": float(self.gnorm)}, step=step)
+        self.tokens, self.seconds = 0, 0.0
+
+    def evaluate(self, step: int) -> None:
+        """Validation CE/bpb and the task evaluator; one row appended to the run log."""
+        c = self.ctx
+        row = {"step": step, "tokens": step * c.plan.batch_tokens, TRAIN_LOSS: self.last_loss, LR: self.lr,
+               "throughput/tokens_per_second": self.tps}
+        if self.mfu is not None:
+            row["throughput/mfu"] = self.mfu
+        # the uncompiled module: eval mode and another batch size would recompile the model
+        row.update(_validation(getattr(c.model, "_orig_mod", c.model), c.accelerator, c.val_seqs, c.n_val,
+                               c.recipe.evaluation.batch_size, c.byte_len, c.data.name))
+        if c.evaluator is not None:
+            c.model.eval()
+            row.update(c.evaluator(c.accelerator.unwrap_model(c.model), c.accelerator))
+            c.model.train()
+        if c.writer:
+            c.writer.append(row)
+        c.accelerator.log({k: v for k, v in row.items() if k not in ("step",)}, step=step)
+        if self.bar is not None:
+            self.bar.write(f"step {step:>6}/{c.plan.total_steps}  train {self.last_loss:.4f}  "
+                           f"val {row[f'eval/{c.data.name}-validation/CrossEntropyLoss']:.4f}  "
+                           f"bpb {row[f'eval/{c.data.name}-validation/bpb']:.4f}")
+
+    def save(self, step: int, is_eval: bool) -> None:
+        c, ck = self.ctx, self.ctx.recipe.checkpoint
+        state = {"step": step, "tokens": step * c.plan.batch_tokens, "data_position": step * c.plan.batch_seqs,
+                 "seed": c.plan.seed, "total_steps": c.plan.total_steps}
+        path = ckpt.save_checkpoint(c.run_dir, step, accelerator=c.accelerator, model=c.model,
+                                    optimizer=c.optimizer, scheduler=c.scheduler,
+                                    tokenizer=c.data.tokenizer, state=state, eval_step=is_eval)
+        c.last_checkpoint = path or c.last_checkpoint
+        if c.accelerator.is_main_process:
+            ckpt.prune_checkpoints(c.run_dir, ck.keep_last, ck.keep_eval_weights)
+        c.accelerator.wait_for_everyone()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self._trackers:
+            self.ctx.accelerator.end_training()
+
+
+def _train_step(model, optimizer, scheduler, accelerator, seqs: PackedSequences, idx: np.ndarray,
+                micro: int, accum: int, clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step over this process's share of the global batch. Returns the mean loss
+    (a device tensor: no host sync here) and the gradient norm before clipping."""
+    device = accelerator.device
+    batch = torch.from_numpy(seqs.get(idx))
+    if device.type == "cuda":
+        batch = batch.pin_memory()
+    batch = batch.to(device, non_blocking=True)
+    loss_sum = torch.zeros((), device=device)
+    for i in range(accum):
+        x = batch[i * micro:(i + 1) * micro]
+        last = i == accum - 1
+        with accelerator.no_sync(model) if not last else contextlib.nullcontext():
+            with accelerator.autocast():
+                loss = next_token_loss(model(input_ids=x).logits, x, scale=1 / accum)
+            accelerator.backward(loss)
+        loss_sum += loss.detach()
+    gnorm = accelerator.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum, gnorm
+
+
+@torch.no_grad()
+def _validation(model, accelerator, seqs: PackedSequences, n_val: int, batch_size: int,
+                byte_len: torch.Tensor, name: str) -> dict[str, float]:
+    """CE per token and bits per byte on the first ``n_val`` validation sequences (fixed set),
+    split across processes and summed."""
+    model.eval()
+    device = accelerator.device
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # CE nats, tokens, bytes
+    mine = np.arange(accelerator.process_index, n_val, accelerator.num_processes)
+    for i in range(0, len(mine), batch_size):
+        x = torch.from_numpy(seqs.get(mine[i:i + batch_size])).to(device)
+        with accelerator.autocast():
+            logits = model(input_ids=x).logits
+        targets = x[:, 1:]
+        ce = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)), targets.reshape(-1),
+                             reduction="sum")
+        sums += torch.stack([ce.double(), torch.tensor(targets.numel(), device=device, dtype=torch.float64),
+                             byte_len[targets].sum().double()])
+    sums = accelerator.reduce(sums, "sum")
+    ce, n, nbytes = sums.tolist()
+    model.train()
+    prefix = f"eval/{name}-validation"
+    return {f"{prefix}/CrossEntropyLoss": ce / n, f"{prefix}/bpb": ce / math.log(2) / max(nbytes, 1)}
+
+
+def _check_finite(pending: list[tuple[int, torch.Tensor]], accelerator, last_ckpt) -> float:
+    """Bring the pending losses to the host (the only sync of the loop between evaluations) and
+    stop at the first non-finite one. Returns the last loss, averaged over processes."""
+    losses = torch.stack([loss for _, loss in pending])
+    losses = accelerator.reduce(losses, "mean") if accelerator.num_processes > 1 else losses
+    values = losses.tolist()
+    for (s, _), v in zip(pending, values):
+        if not math.isfinite(v):
+            raise NonFiniteLossError(s, v, last_ckpt)
+    return values[-1]
+
+
+def _progress(accelerator, enabled: bool, step: int, plan: RunPlan):
+    if not (enabled and accelerator.is_main_process):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=plan.total_steps, initial=step, desc=plan.name, unit="step", dynamic_ncols=True,
+                file=sys.stderr, mininterval=1.0)

@@ -1,0 +1,235 @@
+"""Everything a run needs before its first step: accelerator, data, model, optimizer, resume
+point, run log, evaluator. :func:`setup` returns it as one :class:`RunContext`; the loop
+(:mod:`ladder.train.loop`) only calls its parts."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from analysis.runlog import RunLogWriter, RunMeta
+from ladder.data.pipeline import BatchSampler, PackedSequences, TokenData, prepare_data, token_byte_lengths
+from ladder.presets import embedding_rows
+from ladder.recipe import Recipe, RunPlan, lr_lambda, plan_run
+from ladder.train import checkpoint as ckpt
+from ladder.train.host_memory import keep_freed_memory
+
+
+def default_run_dir(recipe: Recipe, plan: RunPlan) -> Path:
+    return Path("runs") / recipe.name / plan.name
+
+
+def build_model(plan: RunPlan):
+    from transformers import Olmo2ForCausalLM
+
+    from ladder.presets import get_preset
+
+    r = plan.recipe
+    config = get_preset(plan.size).config(vocab_size=plan.vocab_size, seq_len=r.train.seq_len,
+                                          initializer_range=r.model.init_std)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(plan.seed)
+    return Olmo2ForCausalLM(config)
+
+
+def build_optimizer(model, plan: RunPlan, device: torch.device):
+    """AdamW; no weight decay on embeddings and norm weights (OLMo-2)."""
+    o = plan.recipe.optimizer
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "embed_tokens" in name or "norm" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": o.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    fused = o.fused == "on" or (o.fused == "auto" and device.type in ("cuda", "cpu"))
+    kw = dict(lr=plan.lr, betas=tuple(o.betas), eps=o.eps)
+    try:
+        return torch.optim.AdamW(groups, fused=fused, **kw)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, foreach=True, **kw)
+
+
+def _vocab_size_for(recipe: Recipe, tokenizer) -> int:
+    if recipe.model.vocab_size:
+        if recipe.model.vocab_size < len(tokenizer):
+            raise ValueError(f"{recipe.source}: 'model.vocab_size' ({recipe.model.vocab_size}) is "
+                             f"smaller than the tokenizer ({len(tokenizer)} tokens)")
+        return recipe.model.vocab_size
+    return embedding_rows(len(tokenizer))
+
+
+@dataclass
+class RunContext:
+    """A run ready to step: the components the loop calls, and where it resumes."""
+
+    recipe: Recipe
+    plan: RunPlan
+    run_dir: Path
+    accelerator: Any
+    data: TokenData
+    model: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_seqs: PackedSequences
+    val_seqs: PackedSequences
+    sampler: BatchSampler
+    micro: int
+    accum: int
+    meta: RunMeta
+    writer: RunLogWriter | None  # main process only
+    step: int  # the step to resume from (0 for a new run)
+    last_checkpoint: Path | None
+    evaluator: Callable | None = None
+    n_val: int = 1
+    byte_len: torch.Tensor | None = None
+
+    def set_status(self, status: str) -> None:
+        """Record the run's state in run.json (main process)."""
+        if self.writer:
+            self.meta.extra["status"] = status
+            self.writer.write_meta(self.meta)
+
+    def last_row(self) -> dict[str, Any]:
+        rows = self.writer.rows() if self.writer else []
+        return rows[-1] if rows else {}
+
+
+def setup(recipe: Recipe, size: str | None, multiplier: float | None, seed: int | None,
+          out: str | os.PathLike | None, *, task_evaluator: Callable | None = None,
+          cache: str | os.PathLike | None = None) -> RunContext:
+    """Build a run's components and resume from its latest complete checkpoint, if any."""
+    from accelerate import Accelerator
+
+    size = size or recipe.model.sizes[0]
+    allowed = recipe.model.sizes + [tg.size for tg in recipe.targets if tg.size]  # held-out targets too
+    if size not in allowed:
+        raise ValueError(f"--size {size!r} is not in {recipe.source}'s model.sizes or targets "
+                         f"({', '.join(allowed)})")
+    multiplier = float(multiplier if multiplier is not None else min(recipe.multipliers))
+    seed = recipe.seeds[0] if seed is None else int(seed)
+
+    cpu_only = not torch.cuda.is_available()
+    precision = recipe.train.precision
+    mixed = "bf16" if (precision == "bf16" or (precision == "auto" and not cpu_only)) else "no"
+    tracking = recipe.tracking
+    use_wandb = tracking.wandb and tracking.mode != "disabled"
+    # cpu=True on CPU-only machines makes a torchrun/`accelerate launch --multi_gpu` start use
+    # gloo (MULTI_CPU) instead of silently running independent single processes.
+    accelerator = Accelerator(cpu=cpu_only, mixed_precision=mixed, step_scheduler_with_optimizer=False,
+                              log_with="wandb" if use_wandb else None)
+    device = accelerator.device
+    if device.type == "cpu":
+        keep_freed_memory()  # no page faults on each step's activations (ladder/train/host_memory.py)
+        if recipe.train.cpu_threads:
+            torch.set_num_threads(recipe.train.cpu_threads)
+    with accelerator.main_process_first():  # main tokenizes into the cache, the others reuse it
+        data = prepare_data(recipe.data, recipe.model, Path(cache) if cache else None)
+    plan = plan_run(recipe, size, multiplier, seed, _vocab_size_for(recipe, data.tokenizer))
+    run_dir = Path(out) if out else default_run_dir(recipe, plan)
+    t = recipe.train
+    world = accelerator.num_processes
+    train_seqs = PackedSequences(data.train, t.seq_len, "train")
+    val_seqs = PackedSequences(data.val, t.seq_len, "validation")
+    sampler = BatchSampler(train_seqs.n, plan.batch_seqs, plan.seed, recipe.data.shuffle,
+                           accelerator.process_index, world)
+    per_proc = plan.batch_seqs // world
+    micro = math.gcd(t.micro_batch_size, per_proc)
+    accum = per_proc // micro
+
+    writer = RunLogWriter(run_dir) if accelerator.is_main_process else None
+    meta = _run_meta(recipe, plan, data, accelerator, micro, accum)
+    _check_same_run(run_dir, meta)
+
+    model = build_model(plan).to(device)
+    optimizer = build_optimizer(model, plan, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, plan))
+    if t.compile:
+        model = torch.compile(model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    step = 0
+    if accelerator.is_main_process:
+        ckpt.sweep_temp_dirs(run_dir)
+    accelerator.wait_for_everyone()
+    latest = ckpt.latest_resumable(run_dir)
+    if latest is not None:
+        state = ckpt.load_checkpoint(latest, accelerator=accelerator, model=model,
+                                     optimizer=optimizer, scheduler=scheduler)
+        step = int(state["step"])
+        accelerator.print(f"resuming {run_dir} from {latest.path.name} (step {step}/{plan.total_steps})")
+    ctx = RunContext(recipe, plan, run_dir, accelerator, data, model, optimizer, scheduler, train_seqs,
+                     val_seqs, sampler, micro, accum, meta, writer, step, latest.path if latest else None)
+    if writer:
+        writer.resume_at(step)  # drop evaluations logged after the checkpoint: each exactly once
+    ctx.set_status("completed" if step >= plan.total_steps else "running")
+    if step >= plan.total_steps:
+        return ctx
+
+    ctx.evaluator = task_evaluator
+    if ctx.evaluator is None and recipe.evaluation.tasks:
+        from ladder.eval.scorer import build_task_evaluator  # optional component, imported lazily
+
+        ctx.evaluator = build_task_evaluator(
+            recipe.evaluation.tasks, data.tokenizer, limit=recipe.evaluation.task_limit,
+            batch_size=recipe.evaluation.task_batch_size, corpus_val_docs=data.validation_texts(),
+            seed=plan.seed)
+    ctx.byte_len = torch.as_tensor(token_byte_lengths(data.tokenizer, plan.vocab_size), device=device)
+    ctx.n_val = min(val_seqs.n, max(1, recipe.data.validation_tokens // t.seq_len))
+    return ctx
+
+
+# ---------------------------------------------------------------------------- run metadata
+
+
+def _run_meta(recipe: Recipe, plan: RunPlan, data: TokenData, accelerator, micro: int, accum: int) -> RunMeta:
+    import accelerate
+    import datasets
+    import tokenizers
+    import transformers
+
+    import ladder
+
+    return RunMeta(
+        name=plan.name, n_params=plan.n_params, target_tokens=plan.target_tokens, size=plan.size,
+        multiplier=plan.multiplier, seed=plan.seed, n_nonembed=plan.n_nonembed,
+        batch_tokens=plan.batch_tokens,
+        extra=dict(
+            ladder=recipe.name, lr=plan.lr, tokens_per_step=plan.tokens_per_step,
+            total_steps=plan.total_steps, warmup_steps=plan.warmup_steps, seq_len=recipe.train.seq_len,
+            vocab_size=plan.vocab_size, flops_per_token=plan.flops_per_token,
+            schedule=recipe.train.schedule, num_processes=accelerator.num_processes,
+            micro_batch_size=micro, grad_accum_steps=accum,
+            mixed_precision=str(accelerator.mixed_precision),
+            recipe_hash=recipe.hash(), recipe_file=recipe.source, recipe=recipe.to_dict(),
+            corpus_hash=data.corpus_hash, tokenizer_hash=data.tokenizer_hash, valset=data.name,
+            versions=dict(ladder=ladder.__version__, torch=torch.__version__,
+                          transformers=transformers.__version__, accelerate=accelerate.__version__,
+                          datasets=datasets.__version__, tokenizers=tokenizers.__version__,
+                          python=sys.version.split()[0]),
+        ))
+
+
+def _check_same_run(run_dir: Path, meta: RunMeta) -> None:
+    """Refuse to resume a run directory that holds a different run: mixing two runs' logs is the
+    one mistake that silently corrupts a fit."""
+    p = run_dir / "run.json"
+    if not p.is_file():
+        return
+    try:
+        old = json.loads(p.read_text())
+    except json.JSONDecodeError:
+        return
+    new = meta.to_json()
+    for key in ("name", "n_params", "target_tokens", "batch_tokens", "seed", "corpus_hash",
+                "tokenizer_hash", "lr", "total_steps"):
+        if key in old and old[key] != new.get(key):
+            raise ValueError(f"{p}: this directory holds a different run ({key}: {old[key]!r} there, "
+                             f"{new.get(key)!r} now); use another --out or delete it")
