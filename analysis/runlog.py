@@ -22,7 +22,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from analysis.files import atomic_write_text, json_safe
+from analysis.files import atomic_write_text, finite_or_none, json_safe
 
 FORMAT = "ladder-runlog/1"
 RUN_JSON = "run.json"
@@ -212,6 +212,9 @@ def read_run_dir(path: str | os.PathLike) -> RunLog:
     if meta.n_params is None and meta.size in PAPER_N:
         meta.n_params = PAPER_N[meta.size]
     rows = read_metrics_jsonl(p / METRICS_JSONL)
+    if meta.extra.get("status") == "completed" and has_torn_tail(p / METRICS_JSONL):
+        raise RunLogError(f"{p / METRICS_JSONL}: the last evaluation row is cut short although the run "
+                          f"completed; rerun its `ladder train` command to evaluate that step again")
     df = pd.DataFrame(rows)
     if df.empty:
         df = pd.DataFrame(columns=[STEP, TOKENS])
@@ -219,24 +222,43 @@ def read_run_dir(path: str | os.PathLike) -> RunLog:
 
 
 def read_metrics_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of metrics.jsonl. A torn last line (a write cut by a kill) is ignored; any other
-    unparsable line is an error."""
+    """Rows of metrics.jsonl. A torn last line (a write cut by a kill, or one being written
+    now) is ignored; any other unparsable line, or one that is not an object, is an error."""
     if not path.exists():
         return []
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as e:
+        raise RunLogError(f"{path}: not a text file ({e})") from None
     lines = text.split("\n")
     rows = []
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError as e:
             torn_tail = i == len(lines) - 1 and not text.endswith("\n")
             if torn_tail:
                 break
             raise RunLogError(f"{path}: line {i + 1} is not valid JSON ({e})") from e
+        if not isinstance(row, dict) or finite_or_none(row.get(STEP)) is None:
+            raise RunLogError(f"{path}: line {i + 1} is not an evaluation row (a JSON object with "
+                              f"a numeric '{STEP}')")
+        rows.append(row)
     return rows
+
+
+def has_torn_tail(path: Path) -> bool:
+    """True if the file's last line was cut short (no final newline)."""
+    try:
+        with open(path, "rb") as f:
+            if f.seek(0, os.SEEK_END) == 0:
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+    except OSError:
+        return False
 
 
 def _validated(run: RunLog, tokens_name: str = TOKENS) -> RunLog:
@@ -260,31 +282,54 @@ def _validated(run: RunLog, tokens_name: str = TOKENS) -> RunLog:
 
 
 class RunLogWriter:
-    """Writes a run directory. Resume-safe: :meth:`resume_at` drops evaluations logged after
-    the checkpoint being resumed, so every evaluation is in metrics.jsonl exactly once."""
+    """Writes a run directory (its one writer: the trainer holds the directory's lock).
+    Resume-safe: opening repairs a torn last line, and :meth:`resume_at` drops evaluations
+    logged after the checkpoint being resumed, so every evaluation is in metrics.jsonl exactly
+    once."""
 
-    def __init__(self, run_dir: str | os.PathLike):
+    def __init__(self, run_dir: str | os.PathLike, report=None):
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.dir / METRICS_JSONL
+        self.report = report or (lambda m: None)
+        self.repair()
+
+    def repair(self) -> bool:
+        """Cut a torn last line (a write interrupted by a kill) so appends start on a clean line;
+        the lost evaluation is re-run by the trainer when it resumes at that step."""
+        if not has_torn_tail(self.metrics_path):
+            return False
+        data = self.metrics_path.read_bytes()
+        keep = data.rfind(b"\n") + 1
+        with open(self.metrics_path, "r+b") as f:
+            f.truncate(keep)
+            os.fsync(f.fileno())
+        self.report(f"{self.metrics_path}: removed a torn last line ({len(data) - keep} bytes, a write "
+                    f"cut by a kill)")
+        return True
 
     def write_meta(self, meta: RunMeta | dict[str, Any]) -> None:
         d = meta.to_json() if isinstance(meta, RunMeta) else {"format": FORMAT, **meta}
         atomic_write_text(self.dir / RUN_JSON, json.dumps(d, indent=2, default=json_safe) + "\n")
 
     def append(self, row: dict[str, Any]) -> None:
+        """One row, one write(2) in append mode: a kill leaves it whole or torn, never interleaved."""
         if STEP not in row or TOKENS not in row:
             raise RunLogError(f"{self.metrics_path}: a row needs '{STEP}' and '{TOKENS}'")
-        line = json.dumps({k: json_safe(v) for k, v in row.items()})
-        with open(self.metrics_path, "a") as f:
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        line = (json.dumps({k: json_safe(v) for k, v in row.items()}) + "\n").encode()
+        fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def rows(self) -> list[dict[str, Any]]:
         return read_metrics_jsonl(self.metrics_path)
 
     def resume_at(self, step: int) -> None:
-        """Keep the rows with step <= ``step`` (the resumed checkpoint), drop the rest."""
-        rows = [r for r in self.rows() if int(r[STEP]) <= step]
+        """Keep the rows with step <= ``step`` (the resumed checkpoint), one per step in step
+        order, and drop the rest."""
+        by_step = {int(r[STEP]): r for r in self.rows() if int(r[STEP]) <= step}
+        rows = [by_step[s] for s in sorted(by_step)]
         atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))

@@ -16,6 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", help="cache directory for tokenizers and token files "
                                         "(default: $LADDER_CACHE or ~/.cache/ladder)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--force-new", action="store_true",
+                        help="if --out holds another run, move it aside (<dir>.replaced-<time>) and start over")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="recipe overrides with dotted keys, e.g. train.lr=3e-3 evaluation.count=30")
     # KEY=VALUE overrides may come before or after the options.
@@ -30,13 +32,21 @@ def run(args: argparse.Namespace) -> int:
     from ladder.exit_codes import EXIT_BAD_INPUT, EXIT_DIVERGED
     from ladder.train.loop import NonFiniteLossError, train
 
+    from ladder.sweep.lock import LockHeld
+
     try:
+        _check_arguments(args)
         recipe = load_recipe(args.recipe, args.overrides)
         result = train(recipe, size=args.size, multiplier=args.multiplier, seed=args.seed,
-                       out=args.out, cache=args.cache, progress=not args.no_progress)
-    except (RecipeError, DataError, KeyError, ValueError) as e:
+                       out=args.out, cache=args.cache, progress=not args.no_progress,
+                       force_new=args.force_new)
+    except (RecipeError, DataError, KeyError, ValueError, LockHeld) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"ladder train: error: {msg}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as e:  # a read-only or full run directory: say which file, no traceback
+        print(f"ladder train: error: cannot write {e.filename or args.out}: {e.strerror or e}",
+              file=sys.stderr)
         return EXIT_BAD_INPUT
     except NonFiniteLossError as e:
         print(f"ladder train: error: {e}", file=sys.stderr)
@@ -46,3 +56,16 @@ def run(args: argparse.Namespace) -> int:
     elif result.status == "completed":
         print(f"{result.run_dir}: done ({result.step} steps)")
     return result.exit_code
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Flags bypass the recipe's validation: check them here (one line, exit 2)."""
+    import math
+    from pathlib import Path
+
+    if args.multiplier is not None and not (math.isfinite(args.multiplier) and args.multiplier > 0):
+        raise ValueError(f"--multiplier must be a positive number, got {args.multiplier}")
+    if args.seed is not None and args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out}: exists and is not a directory")

@@ -20,6 +20,8 @@ import os
 import random
 import re
 import shutil
+import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,6 +160,7 @@ def save_checkpoint(run_dir: Path, step: int, *, accelerator, model, optimizer, 
              "fsdp": fsdp}, indent=2))
     accelerator.wait_for_everyone()
     if main:
+        record_files(tmp)
         _fsync_tree(tmp)
         if final.exists():  # a stale copy of the same step (e.g. weights-only): replace it
             trash = root / f".del-{final.name}"
@@ -232,3 +235,77 @@ def _is_fsdp(accelerator) -> bool:
     from accelerate.utils import DistributedType
 
     return accelerator.distributed_type == DistributedType.FSDP
+
+
+# ---------------------------------------------------------------------------- verification
+
+
+DAMAGED_PREFIX = "damaged-"  # a checkpoint found damaged is kept under this name, never resumed
+
+
+def record_files(path: Path) -> None:
+    """Add {relative path: size} of every file to the manifest, so that a later load can tell a
+    truncated file from a whole one without hashing gigabytes."""
+    manifest = json.loads((path / MANIFEST).read_text())
+    manifest["files"] = {str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*"))
+                         if p.is_file() and p.name != MANIFEST}
+    (path / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file is not whole (its header says how long its data is), or None."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            if not 0 < n <= size - 8:
+                return f"{path.name} is truncated ({size} bytes)"
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        return f"{path.name} is unreadable ({e})"
+    if size != 8 + n + end:
+        return f"{path.name} is {size} bytes, its header needs {8 + n + end}"
+    return None
+
+
+def checkpoint_problem(ckpt: CheckpointInfo) -> str | None:
+    """What is wrong with a checkpoint whose manifest says it is complete, or None. Cheap checks:
+    file sizes against the manifest, safetensors headers, the zip directory of torch files."""
+    for rel, size in (ckpt.manifest.get("files") or {}).items():
+        try:
+            actual = (ckpt.path / rel).stat().st_size
+        except OSError:
+            return f"{rel} is missing"
+        if actual != size:
+            return f"{rel} is {actual} bytes, {size} were written"
+    for p in ckpt.path.glob("*.safetensors"):
+        problem = _safetensors_problem(p)
+        if problem:
+            return problem
+    if ckpt.has_state:
+        for p in (ckpt.path / STATE).glob("*.pt"):
+            try:
+                with zipfile.ZipFile(p):  # torch.save's format; a cut file has no directory
+                    pass
+            except (OSError, zipfile.BadZipFile) as e:
+                return f"{STATE}/{p.name} is unreadable ({e})"
+    return None
+
+
+def latest_intact(run_dir: str | os.PathLike, report=print) -> CheckpointInfo | None:
+    """The newest resumable checkpoint that passes :func:`checkpoint_problem`. Damaged newer ones
+    are renamed ``damaged-stepNNNNNNN`` (kept for inspection, never resumed) and reported. Main
+    process only, before the others list the checkpoints."""
+    for c in reversed([c for c in list_checkpoints(run_dir) if c.has_state]):
+        problem = checkpoint_problem(c)
+        if problem is None:
+            return c
+        dest = c.path.with_name(DAMAGED_PREFIX + c.path.name)
+        if dest.exists():
+            shutil.rmtree(dest, ignore_errors=True)
+        os.rename(c.path, dest)
+        report(f"checkpoint {c.path.name} is damaged ({problem}); kept as {dest.name}, "
+               f"resuming from the previous intact one")
+    return None

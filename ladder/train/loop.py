@@ -114,20 +114,34 @@ class Cadence:
 def train(recipe: Recipe, size: str | None = None, multiplier: float | None = None,
           seed: int | None = None, out: str | os.PathLike | None = None, *,
           task_evaluator: Callable | None = None, cache: str | os.PathLike | None = None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, force_new: bool = False) -> TrainResult:
     """Train (or resume) one rung. Re-running with the same arguments resumes from the latest
-    complete checkpoint, or returns at once if the run already finished.
+    intact checkpoint, or returns at once if the run already finished. The run directory is
+    this call's alone while it runs (a second writer is refused) and must hold this run;
+    ``force_new`` moves a directory holding another run aside.
 
     Raises :class:`NonFiniteLossError` if the loss diverges. ``task_evaluator`` replaces the
     evaluator built from ``evaluation.tasks`` (for tests and custom evaluations)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # save_pretrained's shard bar, once per checkpoint
-    ctx = setup(recipe, size, multiplier, seed, out, task_evaluator=task_evaluator, cache=cache)
+    ctx = setup(recipe, size, multiplier, seed, out, task_evaluator=task_evaluator, cache=cache,
+                force_new=force_new)
+    try:
+        return _run(ctx, recipe, progress)
+    finally:
+        ctx.release()
+
+
+def _run(ctx: RunContext, recipe: Recipe, progress: bool) -> TrainResult:
     total = ctx.plan.total_steps
-    if ctx.step >= total:
+    if ctx.step >= total and not ctx.relog:
         return TrainResult("already-complete", ctx.run_dir, ctx.step, total, ctx.last_row())
     trainer = Trainer(ctx, Cadence.for_run(recipe, ctx.plan), progress)
+    if ctx.relog:  # the row of the resumed step was lost (a torn write): evaluate it again
+        trainer.last_loss = ctx.resume_loss if ctx.resume_loss is not None else float("nan")
+        trainer.lr, trainer.tps = ctx.scheduler.get_last_lr()[0], float("nan")
+        trainer.evaluate(ctx.step)
     step, status = ctx.step, "completed"
     with _Preemption() as preempt, trainer.tracking():
         while step < total:
@@ -243,7 +257,8 @@ class Trainer:
     def save(self, step: int, is_eval: bool) -> None:
         c, ck = self.ctx, self.ctx.recipe.checkpoint
         state = {"step": step, "tokens": step * c.plan.batch_tokens, "data_position": step * c.plan.batch_seqs,
-                 "seed": c.plan.seed, "total_steps": c.plan.total_steps}
+                 "seed": c.plan.seed, "total_steps": c.plan.total_steps,
+                 "train_loss": self.last_loss}  # for a lost evaluation row evaluated again
         path = ckpt.save_checkpoint(c.run_dir, step, accelerator=c.accelerator, model=c.model,
                                     optimizer=c.optimizer, scheduler=c.scheduler,
                                     tokenizer=c.data.tokenizer, state=state, eval_step=is_eval)

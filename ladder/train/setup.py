@@ -4,7 +4,6 @@ point, run log, evaluator. :func:`setup` returns it as one :class:`RunContext`; 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -14,11 +13,12 @@ from typing import Any, Callable
 
 import torch
 
-from analysis.runlog import RunLogWriter, RunMeta
+from analysis.runlog import METRICS_JSONL, RunLogWriter, RunMeta, read_metrics_jsonl
 from ladder.data.pipeline import BatchSampler, PackedSequences, TokenData, prepare_data, token_byte_lengths
 from ladder.presets import embedding_rows
-from ladder.recipe import Recipe, RunPlan, lr_lambda, plan_run
+from ladder.recipe import Recipe, RunPlan, eval_steps, lr_lambda, plan_run
 from ladder.train import checkpoint as ckpt
+from ladder.train.binding import claim_run_dir
 from ladder.train.host_memory import keep_freed_memory
 
 
@@ -90,6 +90,15 @@ class RunContext:
     evaluator: Callable | None = None
     n_val: int = 1
     byte_len: torch.Tensor | None = None
+    lock: Any = None  # the run directory's DirLock (main process)
+    resume_loss: float | None = None  # train loss at the resumed checkpoint
+    relog: bool = False  # the resumed step's evaluation row was lost: evaluate it again
+
+    def release(self) -> None:
+        """Free the run directory for the next writer."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def set_status(self, status: str) -> None:
         """Record the run's state in run.json (main process)."""
@@ -104,8 +113,10 @@ class RunContext:
 
 def setup(recipe: Recipe, size: str | None, multiplier: float | None, seed: int | None,
           out: str | os.PathLike | None, *, task_evaluator: Callable | None = None,
-          cache: str | os.PathLike | None = None) -> RunContext:
-    """Build a run's components and resume from its latest complete checkpoint, if any."""
+          cache: str | os.PathLike | None = None, force_new: bool = False) -> RunContext:
+    """Build a run's components and resume from its latest intact checkpoint, if any. The run
+    directory is locked (one writer) and must hold this run (or nothing); ``force_new`` moves
+    a directory holding another run aside first."""
     from accelerate import Accelerator
 
     size = size or recipe.model.sizes[0]
@@ -114,6 +125,8 @@ def setup(recipe: Recipe, size: str | None, multiplier: float | None, seed: int 
         raise ValueError(f"--size {size!r} is not in {recipe.source}'s model.sizes or targets "
                          f"({', '.join(allowed)})")
     multiplier = float(multiplier if multiplier is not None else min(recipe.multipliers))
+    if not (math.isfinite(multiplier) and multiplier > 0):
+        raise ValueError(f"--multiplier must be a positive number, got {multiplier:g}")
     seed = recipe.seeds[0] if seed is None else int(seed)
 
     cpu_only = not torch.cuda.is_available()
@@ -144,9 +157,22 @@ def setup(recipe: Recipe, size: str | None, multiplier: float | None, seed: int 
     micro = math.gcd(t.micro_batch_size, per_proc)
     accum = per_proc // micro
 
-    writer = RunLogWriter(run_dir) if accelerator.is_main_process else None
     meta = _run_meta(recipe, plan, data, accelerator, micro, accum)
-    _check_same_run(run_dir, meta)
+    lock = claim_run_dir(run_dir, meta, accelerator.is_main_process, force_new, accelerator.print)
+    try:
+        return _build(recipe, plan, run_dir, accelerator, data, train_seqs, val_seqs, sampler, micro, accum,
+                      meta, lock, task_evaluator)
+    except BaseException:  # the directory is free again for the next attempt in this process
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _build(recipe, plan, run_dir, accelerator, data, train_seqs, val_seqs, sampler, micro, accum, meta,
+           lock, task_evaluator) -> RunContext:
+    """The model, optimizer and resume point, once the run directory is this process's."""
+    t, device = recipe.train, accelerator.device
+    writer = RunLogWriter(run_dir, report=accelerator.print) if accelerator.is_main_process else None
 
     model = build_model(plan).to(device)
     optimizer = build_optimizer(model, plan, device)
@@ -155,9 +181,10 @@ def setup(recipe: Recipe, size: str | None, multiplier: float | None, seed: int 
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    step = 0
+    step, state = 0, {}
     if accelerator.is_main_process:
         ckpt.sweep_temp_dirs(run_dir)
+        ckpt.latest_intact(run_dir, report=accelerator.print)  # damaged ones are set aside
     accelerator.wait_for_everyone()
     latest = ckpt.latest_resumable(run_dir)
     if latest is not None:
@@ -167,10 +194,15 @@ def setup(recipe: Recipe, size: str | None, multiplier: float | None, seed: int 
         accelerator.print(f"resuming {run_dir} from {latest.path.name} (step {step}/{plan.total_steps})")
     ctx = RunContext(recipe, plan, run_dir, accelerator, data, model, optimizer, scheduler, train_seqs,
                      val_seqs, sampler, micro, accum, meta, writer, step, latest.path if latest else None)
+    ctx.lock, ctx.resume_loss = lock, state.get("train_loss")
     if writer:
         writer.resume_at(step)  # drop evaluations logged after the checkpoint: each exactly once
+    # a row lost with a torn tail at the resumed step is evaluated again (every process reads
+    # the log: the evaluation is collective)
+    ctx.relog = step > 0 and step in eval_steps(plan.total_steps, recipe.evaluation) and not any(
+        r.get("step") == step for r in read_metrics_jsonl(run_dir / METRICS_JSONL))
     ctx.set_status("completed" if step >= plan.total_steps else "running")
-    if step >= plan.total_steps:
+    if step >= plan.total_steps and not ctx.relog:
         return ctx
 
     ctx.evaluator = task_evaluator
@@ -215,21 +247,3 @@ def _run_meta(recipe: Recipe, plan: RunPlan, data: TokenData, accelerator, micro
                           datasets=datasets.__version__, tokenizers=tokenizers.__version__,
                           python=sys.version.split()[0]),
         ))
-
-
-def _check_same_run(run_dir: Path, meta: RunMeta) -> None:
-    """Refuse to resume a run directory that holds a different run: mixing two runs' logs is the
-    one mistake that silently corrupts a fit."""
-    p = run_dir / "run.json"
-    if not p.is_file():
-        return
-    try:
-        old = json.loads(p.read_text())
-    except json.JSONDecodeError:
-        return
-    new = meta.to_json()
-    for key in ("name", "n_params", "target_tokens", "batch_tokens", "seed", "corpus_hash",
-                "tokenizer_hash", "lr", "total_steps"):
-        if key in old and old[key] != new.get(key):
-            raise ValueError(f"{p}: this directory holds a different run ({key}: {old[key]!r} there, "
-                             f"{new.get(key)!r} now); use another --out or delete it")

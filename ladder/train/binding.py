@@ -1,0 +1,111 @@
+"""A run directory is bound to the run it was started with: resuming it under another recipe
+(a different schedule, sequence length, data...) would splice two runs into one log while
+run.json describes only the second, the one mistake that silently corrupts a fit.
+
+The check compares what run.json recorded with what this invocation would record, before
+anything in the directory is written, and names every key that differs."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from analysis.runlog import RUN_JSON, RunMeta
+
+# Plan values that identify a run (from run.json's top level).
+PLAN_KEYS = ("name", "n_params", "target_tokens", "batch_tokens", "seed", "corpus_hash",
+             "tokenizer_hash", "lr", "total_steps")
+# Recipe sections whose keys change what a run computes...
+RUN_SECTIONS = ("model", "data", "train", "optimizer", "evaluation")
+# ...except these, which change how it runs (threads, compilation, batch sizes of scoring) or
+# only list other rungs: editing them between restarts is allowed.
+OPERATIONAL_KEYS = frozenset({"model.sizes", "train.cpu_threads", "train.compile",
+                              "evaluation.batch_size", "evaluation.task_batch_size"})
+
+
+class RunBindingError(ValueError):
+    """The directory holds another run; the message names the keys that differ."""
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def recipe_differences(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) of every run-defining recipe key that differs."""
+    new = json.loads(json.dumps(new, default=str))  # compare as run.json stores it
+    a = _flat({k: old.get(k) for k in RUN_SECTIONS})
+    b = _flat({k: new.get(k) for k in RUN_SECTIONS})
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+            if k not in OPERATIONAL_KEYS and a.get(k) != b.get(k)]
+
+
+def check_same_run(run_dir: Path, meta: RunMeta) -> None:
+    """Refuse to resume (or to call complete) a run directory that holds a different run."""
+    p = Path(run_dir) / RUN_JSON
+    if not p.is_file():
+        return
+    try:
+        old = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunBindingError(f"{p}: unreadable ({e}); move the directory aside or use another "
+                              f"--out") from None
+    if not isinstance(old, dict):
+        raise RunBindingError(f"{p}: not a run.json (a JSON object was expected); move the "
+                              f"directory aside or use another --out")
+    new = meta.to_json()
+    diffs = [(k, old[k], new.get(k)) for k in PLAN_KEYS if k in old and old[k] != new.get(k)]
+    if isinstance(old.get("recipe"), dict):
+        diffs += recipe_differences(old["recipe"], new.get("recipe") or {})
+    if diffs:
+        shown = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in diffs[:4])
+        more = f" (and {len(diffs) - 4} more)" if len(diffs) > 4 else ""
+        raise RunBindingError(f"{p}: this directory holds a different run ({shown}{more}); "
+                              f"use another --out, or --force-new to move it aside and start over")
+
+
+def move_aside(run_dir: Path) -> Path | None:
+    """``--force-new``: rename an existing run directory to ``<dir>.replaced-<UTC time>`` (kept,
+    never deleted); returns the new name."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dest = run_dir.with_name(f"{run_dir.name}.replaced-{stamp}")
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = run_dir.with_name(f"{run_dir.name}.replaced-{stamp}-{n}")
+    os.rename(run_dir, dest)
+    return dest
+
+
+def claim_run_dir(run_dir: Path, meta: RunMeta, main: bool, force_new: bool = False, report=print):
+    """Make ``run_dir`` this run's: the main process locks it (a second writer is refused,
+    naming the holder) and moves another run aside if ``force_new``; every process then checks
+    that the directory holds this run. Returns the lock (main process) or None."""
+    from ladder.sweep.lock import DirLock
+
+    lock = DirLock(run_dir).acquire() if main else None
+    try:
+        if main and force_new and (Path(run_dir) / RUN_JSON).exists():
+            moved = move_aside(Path(run_dir))  # still locked: the lock moves with it
+            old, lock = lock, None
+            lock = DirLock(run_dir).acquire()
+            old.release()
+            report(f"--force-new: moved the previous run to {moved}")
+        elif not force_new:
+            check_same_run(Path(run_dir), meta)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return lock
