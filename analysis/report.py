@@ -240,6 +240,9 @@ def plot_chained(preds: list[Prediction], path) -> Path:
     return _finish(fig, _legend_handles(colors, any(p.actual_acc is not None for p in preds)), path)
 
 
+REPORT_FILES = ("predictions.json", "report.md")  # what write_report writes, besides its plots
+
+
 def write_report(preds: list[Prediction], out_dir, title: str, config=None, plots: bool = True,
                  extra: str = "") -> dict[str, Path]:
     """predictions.json, report.md and (optionally) step1.png, step2.png, chained.png."""

@@ -190,9 +190,17 @@ def read_olmo_csv(path: str | os.PathLike, meta: RunMeta | None = None) -> RunLo
     if "throughput/total_tokens" not in df.columns:
         raise RunLogError(f"{p}: missing column 'throughput/total_tokens' (tokens seen)")
     df = df.rename(columns=_OLMO_COLUMNS)
+    if "batch_size_in_tokens" in df.columns:
+        batch = pd.to_numeric(df["batch_size_in_tokens"], errors="coerce").to_numpy(dtype=float)
+        if not np.all(np.isfinite(batch) & (batch > 0)):
+            raise RunLogError(f"{p}: column 'batch_size_in_tokens' must hold positive finite numbers")
     if STEP not in df.columns:  # the target export has no _step column
         batch = df.get("batch_size_in_tokens")
-        df[STEP] = (df[TOKENS] / batch).round().astype("int64") if batch is not None else np.arange(len(df))
+        tokens = pd.to_numeric(df[TOKENS], errors="coerce")
+        if batch is not None and np.all(np.isfinite(tokens.to_numpy(dtype=float))):
+            df[STEP] = (tokens / batch).round().astype("int64")
+        else:
+            df[STEP] = np.arange(len(df))  # non-finite tokens are reported by _validated
     if meta is None:
         meta = RunMeta(name=p.stem, **parse_run_name(p.stem))
         if "batch_size_in_tokens" in df.columns and len(df):
@@ -274,8 +282,26 @@ def _validated(run: RunLog, tokens_name: str = TOKENS) -> RunLog:
         i = int(np.flatnonzero(np.diff(tokens) <= 0)[0])
         raise RunLogError(f"{run.source}: column '{tokens_name}' is not increasing "
                           f"(row {i + 2}: {tokens[i + 1]:.6g} after {tokens[i]:.6g})")
+    _check_accuracies(df, run.source)
     run.evals = df.reset_index(drop=True)
     return run
+
+
+ACCURACY_PREFIX = "eval/downstream/"  # accuracy columns (fractions); bpb etc. live elsewhere
+
+
+def _check_accuracies(df: pd.DataFrame, source: str) -> None:
+    """Accuracies are fractions in [0, 1]: a percent-scale or corrupted column would fit a
+    confident, wrong law."""
+    for col in df.columns:
+        if not str(col).startswith(ACCURACY_PREFIX):
+            continue
+        v = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
+        bad = np.flatnonzero(np.isfinite(v) & ((v < 0) | (v > 1)))
+        if bad.size:
+            step = df[STEP].iloc[bad[0]] if STEP in df.columns else bad[0]
+            raise RunLogError(f"{source}: column '{col}' has {v[bad[0]]:g} at step {step}; accuracies "
+                              f"must be fractions in [0, 1]")
 
 
 # ---------------------------------------------------------------------------- writing

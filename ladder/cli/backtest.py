@@ -32,6 +32,9 @@ def add_arguments(p) -> None:
                    help="intermediate step-1 points: also drop checkpoints before TOKENS tokens")
 
 
+OUTPUT_FILES = ("backtest.json", "backtest.md")
+
+
 def run(args) -> int:
     t0 = time.perf_counter()
     from analysis.fit import FitError
@@ -49,19 +52,26 @@ def run(args) -> int:
             config = replace(config, step1_min_frac=args.step1_min_frac).validate()
         if args.step1_min_tokens is not None:
             config = replace(config, step1_min_tokens=args.step1_min_tokens).validate()
+        from analysis.checks import once
+        from analysis.files import check_output_dir, output_dir
+        from ladder.cli.predict import check_n_boot
+        if args.intervals:
+            check_n_boot(args.n_boot)
+        check_output_dir(args.out, OUTPUT_FILES)
         args.actual = None
         runs, tasks, _ = load_inputs(args)
         scenarios = ([[s.strip() for s in h.split(",") if s.strip()] for h in args.holdout]
                      if args.holdout else default_scenarios(runs))
-        results = [backtest(runs, h, tasks, config, intervals=args.intervals, n_boot=args.n_boot)
-                   for h in scenarios]
+        warn = once()  # the same warning from every held-out run is said once
+        results = [backtest(runs, h, tasks, config, intervals=args.intervals, n_boot=args.n_boot,
+                            warn=warn) for h in scenarios]
+        out = Path(args.out)
+        doc = {"config": config.to_json(), "scenarios": [r.to_json() for r in results]}
+        with output_dir(out, OUTPUT_FILES) as tmp:  # both files replace the old pair together
+            atomic_write_text(tmp / "backtest.json", json.dumps(doc, indent=2) + "\n")
+            atomic_write_text(tmp / "backtest.md", backtest_markdown(results, intervals=args.intervals))
     except (RunLogError, KeyError, ValueError, FitError, RuntimeError, OSError) as e:
         return fail(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    doc = {"config": config.to_json(), "scenarios": [r.to_json() for r in results]}
-    atomic_write_text(out / "backtest.json", json.dumps(doc, indent=2) + "\n")
-    atomic_write_text(out / "backtest.md", backtest_markdown(results, intervals=args.intervals))
     for r in results:
         print(f"holdout {'+'.join(r.holdout)}: MAE {100 * r.mae():.2f} points, loss ARE "
               f"{100 * r.loss_are():.2f}% over "

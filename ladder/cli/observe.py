@@ -59,7 +59,10 @@ def run(args: argparse.Namespace) -> int:
         split_by_cutoff, split_by_family, split_from_file, split_random)
 
     try:
+        from analysis.files import check_output_dir, output_dir
+        check_output_dir(args.out, OUTPUT_FILES)
         table = load_benchmark_table(args.bench_csv, args.join)
+        _check_table(table, args)
         if args.split_file:
             split = split_from_file(table[MODEL_COL].tolist(), args.split_file)
         elif args.cutoff_flops is not None:
@@ -76,8 +79,9 @@ def run(args: argparse.Namespace) -> int:
             table, args.target, split, predictors=predictors, n_components=args.pcs,
             ref_family=args.ref_family, level=args.interval, n_boot=args.n_boot, seed=args.seed,
             method=args.method, chance=args.chance_level, validation=args.validation)
-        result.write(args.out, plots=not args.no_plots)
-    except (ObservationalError, OSError) as e:
+        with output_dir(args.out, OUTPUT_FILES) as tmp:  # written as one set
+            result.write(tmp, plots=not args.no_plots)
+    except (ObservationalError, OSError, ValueError) as e:
         print(f"ladder observe: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
@@ -96,6 +100,36 @@ def run(args: argparse.Namespace) -> int:
     print(f"  {m['interval']['level']:.0%} interval coverage on test: {m['interval']['coverage_test']:.0%}")
     print(f"  fit {m['fit_seconds'] * 1e3:.1f} ms; results in {args.out}")
     return 0
+
+
+OUTPUT_FILES = ("metrics.json", "predictions.csv")
+
+
+def _check_table(table, args) -> None:
+    """FLOPs must be numbers; predictors finite accuracies in [0, 1], the scale the principal
+    components and the sigmoid link are fitted on (a percent column would dominate the PCs)."""
+    import numpy as np
+    import pandas as pd
+
+    from analysis.observational.core import FLOPS_COL, MODEL_COL, ObservationalError, benchmark_columns
+
+    raw = table[FLOPS_COL]
+    flops = pd.to_numeric(raw, errors="coerce")
+    bad = np.flatnonzero((flops.isna() & raw.notna()).to_numpy() | np.isinf(flops.to_numpy(dtype=float)))
+    if bad.size:
+        raise ObservationalError(f"{args.bench_csv}: column {FLOPS_COL!r} must hold numbers, got "
+                                 f"{raw.iloc[bad[0]]!r} for {table[MODEL_COL].iloc[bad[0]]}")
+    table[FLOPS_COL] = flops
+    cols = _names(args.predictors, "--predictors") if args.predictors else benchmark_columns(table)
+    for c in cols:
+        if c not in table.columns:
+            continue  # named by the fit's own error
+        v = pd.to_numeric(table[c], errors="coerce").to_numpy(dtype=float)
+        bad = np.flatnonzero(np.isinf(v) | (v < 0) | (v > 1))
+        if bad.size:
+            raise ObservationalError(
+                f"{args.bench_csv}: predictor {c!r} is {v[bad[0]]:g} for {table[MODEL_COL].iloc[bad[0]]}; "
+                f"expected accuracies as fractions in [0, 1] (divide percentages by 100)")
 
 
 def _names(text: str, flag: str) -> list[str]:

@@ -43,6 +43,9 @@ def _split(text: str) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
 
 
+OUTPUT_FILES = ("plan.json", "plan.md")
+
+
 def run(args) -> int:
     t0 = time.perf_counter()
     from analysis.fit import FitError
@@ -58,6 +61,8 @@ def run(args) -> int:
         if args.budget_error is not None and not args.budget_error > 0:
             raise ValueError(f"--budget-error {args.budget_error}: expected a positive number of points")
         config = config_from_args(args)
+        from analysis.files import check_output_dir, output_dir
+        check_output_dir(args.out, OUTPUT_FILES)
         args.actual = None
         runs, tasks, _ = load_inputs(args)
         target_c = 6.0 * args.target_n * args.target_d if args.target_n else None
@@ -68,9 +73,7 @@ def run(args) -> int:
     except (RunLogError, KeyError, ValueError, FitError, RuntimeError, OSError) as e:
         return fail(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     doc = {"config": config.to_json(), "target_name": args.target_name, **plan.to_json()}
-    atomic_write_text(out / "plan.json", json.dumps(doc, indent=2) + "\n")
     rec = plan.recommended
     lines = [f"# Ladder plan: predicting {', '.join(plan.holdout)} ({len(plan.targets)} runs)\n\n",
              "Accuracy MAE in points over tasks x held-out runs; loss ARE = mean |pred - actual| / "
@@ -81,9 +84,11 @@ def run(args) -> int:
             f"{rec.compute / plan.full.compute:.0%} of the full grid's compute, "
             f"MAE {100 * rec.mae:.2f})." if rec else "no grid is within the budget.") + "\n")
     md = "".join(lines)
-    atomic_write_text(out / "plan.md", md)
-    if not args.no_plots:
-        plot_plan(plan, out / "plan.png")
+    with output_dir(out, OUTPUT_FILES) as tmp:  # written as one set
+        atomic_write_text(tmp / "plan.json", json.dumps(doc, indent=2) + "\n")
+        atomic_write_text(tmp / "plan.md", md)
+        if not args.no_plots:
+            plot_plan(plan, tmp / "plan.png")
     print(md.split("\n", 2)[2].rstrip())
     print(f"wrote {out / 'plan.json'}, {out / 'plan.md'}"
           + ("" if args.no_plots else f", {out / 'plan.png'}")

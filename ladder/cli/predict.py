@@ -8,6 +8,7 @@ Writes DIR/predictions.json, DIR/report.md and PNG plots. Imports no torch.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 
@@ -21,9 +22,9 @@ def _number(text: str) -> float:
     except ValueError:
         import argparse
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
-    if not v > 0:
+    if not (v > 0 and math.isfinite(v)):
         import argparse
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
     return v
 
 
@@ -73,6 +74,15 @@ def add_arguments(p) -> None:
     add_config_arguments(p)
 
 
+MIN_BOOT = 20  # a 90% interval from fewer replicates has no 5% tail to read
+
+
+def check_n_boot(n_boot: int) -> None:
+    if n_boot < MIN_BOOT:
+        raise ValueError(f"--n-boot must be at least {MIN_BOOT} (the interval's 5% and 95% quantiles "
+                         f"need them), got {n_boot}")
+
+
 def fail(msg: str) -> int:
     print(f"ladder: error: {msg}", file=sys.stderr)
     return EXIT_BAD_INPUT
@@ -93,19 +103,35 @@ def load_inputs(args):
 
 
 def run(args) -> int:
+    from pathlib import Path
+
     t0 = time.perf_counter()
     from analysis.fit import FitError
     from analysis.runlog import RunLogError
     try:
         from analysis.predict import Target, predict_target
-        from analysis.report import write_report
+        from analysis.report import REPORT_FILES, write_report
+        from analysis.checks import check_actual, check_ladder, check_target, once
+        from analysis.files import check_output_dir, output_dir
         config = config_from_args(args)
+        check_n_boot(args.n_boot)
+        check_output_dir(args.out, REPORT_FILES)  # before the work, not after it
         runs, tasks, actual = load_inputs(args)
         target = Target(args.target_name, args.target_n, args.target_d)
+        warn = once()
+        doubts = check_ladder(runs) + check_target(runs, target.n, target.d, target.name)
+        if actual is not None:
+            check_actual(actual, target.n, target.name)
+        for m in doubts:
+            warn(m)
         preds = predict_target(runs, target, tasks, config, actual=actual, n_boot=args.n_boot,
-                               seed=args.seed, keep_samples=not args.no_plots)
-        files = write_report(preds, args.out, f"Predictions for {target.name}", config,
-                             plots=not args.no_plots)
+                               seed=args.seed, keep_samples=not args.no_plots, warn=warn)
+        for p in preds:
+            p.warnings = doubts + p.warnings
+        with output_dir(args.out, REPORT_FILES) as tmp:  # the whole set replaces the old one
+            files = write_report(preds, tmp, f"Predictions for {target.name}", config,
+                                 plots=not args.no_plots)
+        files = {k: Path(args.out) / f.name for k, f in files.items()}
     except (RunLogError, KeyError, ValueError, FitError, RuntimeError, OSError) as e:
         return fail(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
     print(open(files["markdown"]).read().split("\n## ")[0].split("\n", 2)[2].rstrip())

@@ -34,17 +34,21 @@ def run(args) -> int:
     from ladder.sweep.plan import SweepError
     from ladder.sweep.sweepdir import open_sweep
 
+    from ladder.sweep.lock import DirLock, LockHeld
+
     t0 = time.time()
     try:
         recipe = load_recipe(args.recipe, args.overrides)
-        sweep = open_sweep(recipe, args.out or f"runs/{recipe.name}")
-        if args.predict_only:
-            return _predict(sweep, args, t0)
-        if args.backend == "slurm":
-            return _submit_slurm(sweep, args)
-        return _local(sweep, args, t0)
+        out = args.out or f"runs/{recipe.name}"
+        with DirLock(out):  # one sweep process per sweep directory; released however it ends
+            sweep = open_sweep(recipe, out)
+            if args.predict_only:
+                return _predict(sweep, args, t0)
+            if args.backend == "slurm":
+                return _submit_slurm(sweep, args)
+            return _local(sweep, args, t0)
     except (RecipeError, SweepError, RunLogError, JobSpecError, SlurmError, OSError,
-            ValueError, KeyError) as e:
+            ValueError, KeyError, LockHeld) as e:
         print(f"ladder sweep: error: {e.args[0] if isinstance(e, KeyError) else e}",
               file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -4,6 +4,7 @@ decided from exit codes (requeue on preemption, never retry bad input), and thei
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ def run_local(jobs: list[Job], log_dir: Path, *, parallel: int = 1, max_retries:
     running: dict[str, tuple[Job, subprocess.Popen, float, Any]] = {}
     outcomes: list[RungOutcome] = []
     total = len(jobs)
+    old_handlers = _stop_on_signals()
     try:
         while pending or running:
             while pending and len(running) < parallel:
@@ -55,8 +57,10 @@ def run_local(jobs: list[Job], log_dir: Path, *, parallel: int = 1, max_retries:
                 log = open(log_dir / f"{job.name}.log", "a")
                 log.write(f"\n=== attempt {attempts[job.name]}: {' '.join(local_argv(job))}\n")
                 log.flush()
+                _wait_for_run_dir(job, echo)
                 proc = subprocess.Popen(local_argv(job), stdout=log, stderr=subprocess.STDOUT,
-                                        env=env, start_new_session=True)
+                                        env=env, start_new_session=True,
+                                        preexec_fn=_dies_with(os.getpid()))
                 running[job.name] = (job, proc, time.time(), log)
             time.sleep(0.2)
             for name, (job, proc, t0, log) in list(running.items()):
@@ -96,7 +100,47 @@ def run_local(jobs: list[Job], log_dir: Path, *, parallel: int = 1, max_retries:
         for _, proc, _, _ in running.values():
             proc.wait()
         raise
+    finally:
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
     return outcomes
+
+
+def _stop_on_signals() -> dict:
+    """SIGTERM/SIGHUP stop the sweep as Ctrl-C does: every rung checkpoints, then exits."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    old = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            old[sig] = signal.signal(sig, stop)
+        except ValueError:  # not the main thread
+            pass
+    return old
+
+
+def _dies_with(parent: int):
+    """preexec_fn: the rung gets SIGTERM (checkpoint and exit) if the sweep dies, even by
+    SIGKILL; it runs in its own process group, so nothing else would stop it. SLURM-run rungs
+    are owned by the scheduler and do not go through here."""
+    from analysis.parallel import set_parent_death_signal
+
+    return lambda: set_parent_death_signal(signal.SIGTERM, parent)
+
+
+def _wait_for_run_dir(job: Job, echo, timeout: float = 600.0) -> None:
+    """A rung of a killed sweep may still be writing its checkpoint: wait for it to let go of
+    the run directory rather than fail on its lock."""
+    from ladder.sweep.lock import read_holder, wait_for_release
+
+    if job.run_dir is None or not wait_for_release(job.run_dir, 0):
+        holder = read_holder(job.run_dir) if job.run_dir else {}
+        if holder:
+            echo(f"{job.name}: waiting for pid {holder.get('pid')} on {holder.get('host')} to "
+                 f"release {job.run_dir}")
+        if job.run_dir is not None:
+            wait_for_release(job.run_dir, timeout)
 
 
 def local_status(sweep: Sweep) -> list[dict[str, Any]]:

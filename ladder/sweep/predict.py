@@ -13,7 +13,9 @@ def predict_sweep(sweep: Sweep, *, n_boot: int = 200, plots: bool = True, echo=p
     """Fit on the rungs only (never on a target's run) and predict every target. Writes
     predictions/ and returns the predictions."""
     from analysis.predict import Target, predict_targets
-    from analysis.report import write_report
+    from analysis.checks import check_ladder, check_target, once
+    from analysis.files import output_dir
+    from analysis.report import REPORT_FILES, write_report
     from analysis.runlog import read_run
 
     plan = sweep.plan
@@ -27,10 +29,19 @@ def predict_sweep(sweep: Sweep, *, n_boot: int = 200, plots: bool = True, echo=p
     actuals = {t.name: read_run(sweep.run_dir(t.run)) for t in plan.targets
                if t.run is not None and (sweep.run_dir(t.run) / "metrics.jsonl").exists()}
     tasks = prediction_tasks(sweep.recipe)
+    warn = once(lambda m: echo(f"warning: {m}"))
+    ladder_doubts = check_ladder(runs)  # said once, and recorded with every prediction
+    doubts = {t.name: ladder_doubts + check_target(runs, t.n, t.d, t.name) for t in targets}
+    for m in (m for ms in doubts.values() for m in ms):
+        warn(m)
     preds = predict_targets(runs, targets, tasks, actuals=actuals, n_boot=n_boot,
-                            keep_samples=plots, warn=lambda m: echo(f"warning: {m}"))
+                            keep_samples=plots, warn=warn)
+    for p in preds:
+        p.warnings = doubts[p.target] + p.warnings
     out = sweep.predictions_dir
-    files = write_report(preds, out, f"{sweep.recipe.name}: predictions", plots=plots)
+    with output_dir(out, REPORT_FILES) as tmp:  # the new set replaces the old one whole
+        files = write_report(preds, tmp, f"{sweep.recipe.name}: predictions", plots=plots)
+    files = {k: out / f.name for k, f in files.items()}
     _log_to_wandb(sweep, preds, files, echo)
     return preds, files
 

@@ -80,9 +80,10 @@ class Sweep:
         return Job("predict", tuple(argv), None, resources)
 
 
-def open_sweep(recipe: Recipe, sweep_dir: str | os.PathLike) -> Sweep:
+def open_sweep(recipe: Recipe, sweep_dir: str | os.PathLike, write: bool = True) -> Sweep:
     """Create the sweep directory, or reopen it if it was made from the same recipe. A sweep
-    directory made from a different recipe is refused: mixing runs corrupts the fits."""
+    directory made from a different recipe is refused: mixing runs corrupts the fits.
+    ``write=False`` only reads (`ladder status`: works on a read-only sweep, changes nothing)."""
     d = Path(sweep_dir).resolve()
     plan = plan_sweep(recipe)
     h = science_hash(recipe)
@@ -97,8 +98,10 @@ def open_sweep(recipe: Recipe, sweep_dir: str | os.PathLike) -> Sweep:
                 f"{d} holds a sweep of a different recipe ('{old.get('recipe_name')}', hash "
                 f"{old.get('recipe_hash')}; this recipe '{recipe.name}' from {recipe.source} hashes "
                 f"to {h}). Refusing to mix runs: use another --out directory.")
-    d.mkdir(parents=True, exist_ok=True)
     sweep = Sweep(d, plan)
+    if not write:
+        return sweep
+    d.mkdir(parents=True, exist_ok=True)
     # The frozen recipe is the source of truth for every rung; rewritten only if operational
     # sections changed (same science hash).
     atomic_write_text(d / FROZEN_RECIPE, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
@@ -120,4 +123,4 @@ def load_sweep(sweep_dir: str | os.PathLike) -> Sweep:
     d = Path(sweep_dir)
     if not (d / MANIFEST).exists():
         raise SweepError(f"{d}: not a sweep directory (no {MANIFEST})")
-    return open_sweep(load_recipe(d / FROZEN_RECIPE), d)
+    return open_sweep(load_recipe(d / FROZEN_RECIPE), d, write=False)
