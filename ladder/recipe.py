@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 import yaml
 
+from ladder.strict_yaml import StrictYAMLError, load_yaml_file
+
 from analysis.runlog import TOKENS_PER_PARAM
 
 
@@ -383,9 +385,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if not p.is_file():
         raise RecipeError(f"{p}: recipe file not found")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{p}: not valid YAML ({e})") from e
+        data = load_yaml_file(p)  # duplicate keys, empty and binary files are errors
+    except StrictYAMLError as e:
+        raise RecipeError(str(e)) from None
+    except OSError as e:
+        raise RecipeError(f"{p}: cannot read ({e.strerror or e})") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{p}: a recipe must be a YAML mapping, got {type(data).__name__}")
     data = apply_overrides(data, overrides or [], str(p))

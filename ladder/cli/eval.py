@@ -7,29 +7,39 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from ladder.exit_codes import EXIT_BAD_INPUT
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a count must be at least 1 (0 or -5 would fail later, misleadingly)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="directory of a transformers causal LM (config.json + weights)")
     parser.add_argument("--tasks", default="paper",
                         help="task set (paper, all, corpus), task name, or comma list (default: paper)")
-    parser.add_argument("--limit", type=int, default=None,
+    parser.add_argument("--limit", type=positive_int, default=None,
                         help="documents per task: the first K in file order (default: all)")
-    parser.add_argument("--sample", type=int, default=None,
+    parser.add_argument("--sample", type=positive_int, default=None,
                         help="documents per task: a fixed-seed random K instead of the first K")
     parser.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
     parser.add_argument("--out", required=True, help="output JSON file (flat metric name -> value)")
     parser.add_argument("--tokenizer", default=None,
                         help="tokenizer directory or tokenizer.json (default: the checkpoint's)")
-    parser.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass")
-    parser.add_argument("--max-batch-tokens", type=int, default=65536,
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="sequences per forward pass")
+    parser.add_argument("--max-batch-tokens", type=positive_int, default=65536,
                         help="padded tokens per forward pass (caps batches of long sequences)")
-    parser.add_argument("--max-length", type=int, default=None,
+    parser.add_argument("--max-length", type=positive_int, default=None,
                         help="longest sequence (default: the model's max_position_embeddings)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--device", default=None, help="torch device (default: accelerate's choice)")
@@ -84,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
     if not (ckpt / "config.json").is_file():
         print(f"ladder eval: {ckpt} is not a transformers model directory (no config.json)", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if Path(args.out).is_dir():
+        print(f"ladder eval: --out {args.out} is a directory; give a file name (e.g. {args.out}/metrics.json)",
+              file=sys.stderr)
+        return 2
     if args.limit is not None and args.sample is not None:
         print("ladder eval: use either --limit (first K) or --sample (random K), not both", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -104,10 +118,10 @@ def run(args: argparse.Namespace) -> int:
     model.to(args.device or accelerator.device)
     metrics = evaluator(model, accelerator=accelerator)
     if accelerator.is_main_process:
+        from analysis.files import atomic_write_text
+
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, out)  # never a half-written results file
+        atomic_write_text(out, json.dumps(metrics, indent=1, sort_keys=True) + "\n")  # never half-written
         print(f"ladder eval: {len(metrics)} metrics on {evaluator.n_requests} requests -> {out}")
     return 0

@@ -43,6 +43,6 @@ def run(args) -> int:
         pred = sweep.predictions_dir / "predictions.json"
         print(f"predictions: {pred if pred.exists() else 'not yet'}")
         return 0
-    except (SweepError, SlurmError, RecipeError, OSError) as e:
+    except (SweepError, SlurmError, RecipeError, OSError, ValueError) as e:
         print(f"ladder status: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

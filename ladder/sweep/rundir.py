@@ -43,8 +43,10 @@ def run_state(run_dir: str | os.PathLike | None) -> RunState:
     if (d / RUN_JSON).exists():
         try:
             meta = json.loads((d / RUN_JSON).read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             note = f"{d / RUN_JSON}: {e}"
+        if not isinstance(meta, dict):
+            meta, note = {}, f"{d / RUN_JSON}: not a JSON object"
     try:
         rows = read_metrics_jsonl(d / METRICS_JSONL)
     except (OSError, RunLogError) as e:

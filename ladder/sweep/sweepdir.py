@@ -91,8 +91,10 @@ def open_sweep(recipe: Recipe, sweep_dir: str | os.PathLike, write: bool = True)
     if manifest.exists():
         try:
             old = json.loads(manifest.read_text())
-        except json.JSONDecodeError as e:
-            raise SweepError(f"{manifest}: invalid JSON ({e})") from e
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise SweepError(f"{manifest}: invalid JSON ({e})") from None
+        if not isinstance(old, dict):
+            raise SweepError(f"{manifest}: not a sweep manifest (a JSON object was expected)")
         if old.get("recipe_hash") != h:
             raise SweepError(
                 f"{d} holds a sweep of a different recipe ('{old.get('recipe_name')}', hash "
