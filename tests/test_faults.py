@@ -16,7 +16,7 @@ import yaml
 
 from analysis.files import atomic_write_text, output_dir
 from analysis.runlog import RunLogError, read_run
-from ladder.sweep.lock import DirLock, LockHeld
+from ladder.sweep.lock import DirLock, LockHeld, read_holder
 
 ROOT = Path(__file__).resolve().parents[1]
 VAL = "eval/pystdlib-validation/CrossEntropyLoss"
@@ -170,12 +170,13 @@ def test_two_sweeps_on_one_directory_and_a_killed_sweep(tmp_path, recipe_file, c
     args = ("sweep", recipe_file, "--out", S, "--no-predict", "multipliers=[1]", "targets=[]")
     first = ladder(*args, cache=cache, background=True, start_new_session=True)
     try:
-        _wait(lambda: json.loads((S / ".ladder.lock").read_text() or "{}").get("pid") == first.pid, 120,
+        _wait(lambda: read_holder(S).get("pid") == first.pid, 120,
               "the first sweep to hold the directory")
         one_line_error(ladder(*args, cache=cache), f"in use by pid {first.pid}")
         trainer = _wait(lambda: _children(first.pid), 60, "the sweep to start its trainer")[0]
         run_dir = S / "runs" / "tiny-9k-1xC"
-        _wait(lambda: (run_dir / "metrics.jsonl").exists(), 240, "the trainer's first evaluation")
+        _wait(lambda: (run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").stat().st_size,
+              240, "the trainer's first evaluation")
         os.kill(first.pid, signal.SIGKILL)  # no handler runs in the sweep
         _wait(lambda: not _alive(trainer), 120, "the orphaned trainer to stop")
     finally:
