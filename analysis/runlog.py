@@ -53,6 +53,9 @@ TOKENS_PER_PARAM = 20  # 1xC = 20 tokens per parameter (Chinchilla)
 _OLMO_COLUMNS = {"_step": STEP, "throughput/total_tokens": TOKENS}
 
 
+_POSITIVE_FIELDS = ("n_params", "target_tokens", "multiplier", "n_nonembed", "batch_tokens")
+
+
 class RunLogError(ValueError):
     """Bad run-log input. The message names the file and the column or field."""
 
@@ -76,10 +79,18 @@ class RunMeta:
 
     @classmethod
     def from_json(cls, d: dict[str, Any], source: str = "run.json") -> "RunMeta":
+        if not isinstance(d, dict):
+            raise RunLogError(f"{source}: expected a JSON object, got {type(d).__name__}")
         d = dict(d)
         d.pop("format", None)
         if "name" not in d:
             raise RunLogError(f"{source}: missing field 'name'")
+        if not isinstance(d["name"], str) or not d["name"]:
+            raise RunLogError(f"{source}: field 'name' must be a non-empty string, got {d['name']!r}")
+        for k in _POSITIVE_FIELDS:  # N, D and batch: physical quantities
+            v = d.get(k)
+            if v is not None and not (finite_or_none(v) is not None and v > 0):
+                raise RunLogError(f"{source}: field '{k}' must be a positive number, got {v!r}")
         known = {f for f in cls.__dataclass_fields__ if f != "extra"}
         kwargs = {k: d.pop(k) for k in list(d) if k in known}
         return cls(**kwargs, extra=d)
@@ -186,7 +197,7 @@ def read_olmo_csv(path: str | os.PathLike, meta: RunMeta | None = None) -> RunLo
     try:
         df = pd.read_csv(p)
     except Exception as e:  # pandas raises many types; the user needs the file name
-        raise RunLogError(f"{p}: cannot read as CSV ({e})") from e
+        raise RunLogError(f"{p}: cannot read as CSV ({' '.join(str(e).split())})") from None
     if "throughput/total_tokens" not in df.columns:
         raise RunLogError(f"{p}: missing column 'throughput/total_tokens' (tokens seen)")
     df = df.rename(columns=_OLMO_COLUMNS)

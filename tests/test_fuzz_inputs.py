@@ -1,0 +1,198 @@
+"""Fuzzing the two readers of user files: run logs (W&B CSV exports, run directories) and
+recipes. A seeded mutation fuzzer (byte flips, cuts, repeated/dropped lines, hostile values)
+over valid inputs; every case must either read into something physically valid or fail with
+the reader's own one-line error, never a traceback, and never accept a known-bad input."""
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analysis.runlog import RunLogError, read_run
+from ladder.recipe import RecipeError, load_recipe
+from ladder.sweep.plan import SweepError, plan_sweep
+from tests.analysis_synthetic import ACC, BPB, write_ladder
+
+ROOT = Path(__file__).resolve().parents[1]
+HOSTILE = ["nan", "NaN", "inf", "-inf", "", "abc", "1e400", "-1", "7.5", "0x10", "1,2", "true", "null",
+           "[]", "{}", "\"x\"", "1e-400", "99999999999999999999999", "-0", ".5"]
+
+
+def mutate(text: str, rng: random.Random) -> tuple[str, str]:
+    """One mutation of ``text``; returns (mutated text, what was done)."""
+    lines = text.split("\n")
+    kind = rng.choice(["flip", "cut", "dup_line", "drop_line", "swap_lines", "value", "value", "insert"])
+    if kind == "flip" and text:
+        b = bytearray(text.encode())
+        for _ in range(rng.randint(1, 4)):
+            b[rng.randrange(len(b))] = rng.randrange(1, 256)
+        return b.decode("utf-8", errors="replace"), kind
+    if kind == "cut":
+        return text[:rng.randrange(len(text) + 1)], kind
+    i, j = rng.randrange(len(lines)), rng.randrange(len(lines))
+    if kind == "dup_line":
+        return "\n".join(lines[:i + 1] + [lines[i]] + lines[i + 1:]), kind
+    if kind == "drop_line":
+        return "\n".join(lines[:i] + lines[i + 1:]), kind
+    if kind == "swap_lines":
+        lines[i], lines[j] = lines[j], lines[i]
+        return "\n".join(lines), kind
+    if kind == "insert":
+        pos = rng.randrange(len(text) + 1)
+        return text[:pos] + rng.choice(HOSTILE + [":", "- ", "\t", "{", "]", "\x00"]) + text[pos:], kind
+    sep = "," if "," in lines[i] else ": " if ": " in lines[i] else None
+    if sep is None:
+        return text, "noop"
+    cells = lines[i].split(sep)
+    cells[rng.randrange(len(cells))] = rng.choice(HOSTILE)
+    lines[i] = sep.join(cells)
+    return "\n".join(lines), kind
+
+
+# ---------------------------------------------------------------------------- run logs
+
+
+def _physically_valid(run) -> None:
+    """What an accepted run guarantees the fit."""
+    tokens = run.evals["tokens"].to_numpy(dtype=float)
+    assert np.all(np.isfinite(tokens)) and np.all(np.diff(tokens) > 0)
+    for col in (ACC, BPB):
+        try:
+            v = run.column(col)
+        except RunLogError:
+            continue
+        assert np.all(np.isfinite(v))
+        if col == ACC:
+            assert np.all((v >= 0) & (v <= 1))
+    try:
+        assert run.n > 0
+    except RunLogError:
+        pass
+
+
+@pytest.fixture(scope="module")
+def base_csv(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ladder")
+    return write_ladder(d, sizes=("190M",), mults=(1,), n_evals=8)[0].read_text()
+
+
+def test_fuzz_csv_reader(base_csv, tmp_path):
+    rng = random.Random(1234)
+    outcomes = {"read": 0, "refused": 0}
+    for case in range(300):
+        text, kind = mutate(base_csv, rng)
+        p = tmp_path / f"190M-1xC-{case}.csv"
+        p.write_text(text, errors="replace")
+        try:
+            run = read_run(p)
+            _physically_valid(run)
+            outcomes["read"] += 1
+        except RunLogError as e:
+            assert str(p) in str(e) and "\n" not in str(e), str(e)
+            outcomes["refused"] += 1
+    assert outcomes["read"] > 30 and outcomes["refused"] > 30, outcomes  # both paths exercised
+
+
+def test_known_bad_csv_values_are_refused(base_csv, tmp_path):
+    header, *body = base_csv.strip().split("\n")
+    cols = header.split(",")
+    for col, value, expect in ((ACC, "7.5", "fractions in [0, 1]"), (ACC, "-0.1", "fractions in [0, 1]"),
+                               ("throughput/total_tokens", "inf", "NaN/non-numeric"),
+                               ("throughput/total_tokens", "1", "not increasing")):
+        rows = [r.split(",") for r in body]
+        rows[3][cols.index(col)] = value
+        p = tmp_path / "190M-1xC.csv"
+        p.write_text("\n".join([header] + [",".join(r) for r in rows]) + "\n")
+        with pytest.raises(RunLogError, match=expect.replace("[", r"\[").replace("]", r"\]")):
+            read_run(p)
+
+
+def test_fuzz_run_directory_reader(tmp_path):
+    rng = random.Random(99)
+    meta = {"format": "ladder-runlog/1", "name": "tiny-9k-1xC", "n_params": 9000, "target_tokens": 1e6,
+            "batch_tokens": 1024, "status": "completed"}
+    metrics = "".join(json.dumps({"step": s, "tokens": s * 1024, ACC: 0.3 + s / 1000}) + "\n"
+                      for s in range(10, 110, 10))
+    for case in range(150):
+        d = tmp_path / f"run{case}"
+        d.mkdir()
+        which = rng.choice(["run.json", "metrics.jsonl"])
+        meta_text, metrics_text = json.dumps(meta, indent=1), metrics
+        if which == "run.json":
+            meta_text, _ = mutate(meta_text, rng)
+        else:
+            metrics_text, _ = mutate(metrics_text, rng)
+        (d / "run.json").write_text(meta_text, errors="replace")
+        (d / "metrics.jsonl").write_text(metrics_text, errors="replace")
+        try:
+            _physically_valid(read_run(d))
+        except RunLogError as e:
+            assert "\n" not in str(e), str(e)
+
+
+# ---------------------------------------------------------------------------- recipes
+
+
+RECIPE_TEXT = (ROOT / "recipes" / "tiny-cpu.yaml").read_text()
+
+
+def test_fuzz_recipe_loader(tmp_path):
+    rng = random.Random(7)
+    accepted = refused = 0
+    for case in range(250):
+        text, kind = mutate(RECIPE_TEXT, rng)
+        p = tmp_path / f"r{case}.yaml"
+        p.write_text(text, errors="replace")
+        try:
+            plan_sweep(load_recipe(p))
+            accepted += 1
+        except (RecipeError, SweepError) as e:
+            assert str(p) in str(e) and "\n" not in str(e), (kind, str(e))
+            refused += 1
+    assert accepted > 10 and refused > 50, (accepted, refused)
+
+
+def test_known_bad_recipes_are_refused(tmp_path):
+    top_keys = [ln for ln in RECIPE_TEXT.split("\n") if ln and ln[0].isalpha() and ":" in ln]
+    cases = {"empty.yaml": b"", "comments.yaml": b"# nothing here\n", "binary.yaml": bytes(range(256)),
+             "latin1.yaml": "name: caf\xe9\n".encode("latin-1"),
+             "dup.yaml": (RECIPE_TEXT + top_keys[0] + "\n").encode(),
+             "nested_dup.yaml": b"name: a\ntrain:\n  lr: 0.1\n  lr: 0.2\n"}
+    for name, data in cases.items():
+        p = tmp_path / name
+        p.write_bytes(data)
+        with pytest.raises(RecipeError, match=str(p).replace(".", r"\.")):
+            load_recipe(p)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fuzzed_recipes_through_the_cli(tmp_path, seed):
+    """A few mutants through `ladder plan`: exit 0 or 2, never a traceback."""
+    rng = random.Random(1000 + seed)
+    text, kind = mutate(RECIPE_TEXT, rng)
+    p = tmp_path / "r.yaml"
+    p.write_text(text, errors="replace")
+    res = subprocess.run([sys.executable, "-m", "ladder", "plan", str(p)], capture_output=True, text=True,
+                         cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert res.returncode in (0, 2) and "Traceback" not in res.stderr, (kind, res.stderr[-1500:])
+    if res.returncode == 2:
+        assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_known_bad_run_json_is_refused(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "tokens": 5}\n')
+    for text, expect in (("[]", "expected a JSON object"), ('{"name": ["a"]}', "'name' must be"),
+                         ('{"name": "a", "n_params": "abc"}', "'n_params' must be a positive number"),
+                         ('{"name": "a", "target_tokens": -1}', "'target_tokens' must be"),
+                         ("{", "invalid JSON")):
+        (tmp_path / "run.json").write_text(text)
+        with pytest.raises(RunLogError, match=expect):
+            read_run(tmp_path)
+    (tmp_path / "run.json").write_text('{"name": "a", "n_params": 5}')
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "tokens": 5}\n[1, 2]\n')
+    with pytest.raises(RunLogError, match="line 2 is not an evaluation row"):
+        read_run(tmp_path)
