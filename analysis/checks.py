@@ -38,7 +38,7 @@ def check_target(runs, n: float, d: float, name: str = "target") -> list[str]:
     max_n, max_d = max(r.n for r in runs), max(r.d for r in runs)
     for flag, v, top in (("N", n, max_n), ("D", d, max_d)):
         if v > MAX_EXTRAPOLATION * top:
-            warnings.append(f"{name}: {flag} = {v:.3g} is {v / top:,.0f}x the ladder's largest "
+            warnings.append(f"{name}: {flag} = {v:.3g} is {v / top:.3g}x the ladder's largest "
                             f"({top:.3g}); predictions this far out are extrapolations no backtest covers")
     if n < min(r.n for r in runs):
         warnings.append(f"{name}: N = {n:.3g} is smaller than every model of the ladder; fit a law to "

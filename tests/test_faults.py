@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -322,3 +323,122 @@ def test_status_only_reads_and_files_follow_the_umask(tmp_path, recipe_file):
     finally:
         os.umask(old)
     assert (tmp_path / "shared.json").stat().st_mode & 0o777 == 0o664
+
+
+# ---------------------------------------------------------------------------- 6, 7. bad input
+
+
+def in_process(capsys, *args) -> subprocess.CompletedProcess:
+    """`ladder ARGS` in this process (no interpreter start per case): exit code and output."""
+    from ladder.cli import main
+
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from tests.analysis_synthetic import write_ladder
+
+    return write_ladder(tmp_path_factory.mktemp("synth"), n_evals=12)
+
+
+def _edit_csv(src: Path, dst: Path, column: str, row: int, value: str) -> Path:
+    dst.parent.mkdir(exist_ok=True)
+    header, *body = src.read_text().strip().split("\n")
+    cols = header.split(",")
+    if column not in cols:
+        cols.append(column)
+        body = [r + ",1048576" for r in body]
+    cells = body[row].split(",")
+    cells[cols.index(column)] = value
+    body[row] = ",".join(cells)
+    dst.write_text("\n".join([",".join(cols)] + body) + "\n")
+    return dst
+
+
+def _observe_table(path: Path, scale: float = 1.0, flops: str | None = None, inf: bool = False) -> Path:
+    rng = np.random.default_rng(0)
+    rows = ["Model,Model Family,Model Size (B),Pretraining Data Size (T),FLOPs (1E21),MMLU,ARC-C,HellaSwag"]
+    for i in range(14):
+        acc = np.clip(0.25 + 0.05 * i + rng.normal(0, 0.01, 3), 0, 1) * scale
+        f = flops if (flops and i == 3) else f"{0.01 * 2 ** i:g}"
+        a = ["inf" if inf and i == 5 and j == 0 else f"{v:.4f}" for j, v in enumerate(acc)]
+        rows.append(f"m{i},fam{i % 3},{i + 1},{0.1 * (i + 1):g},{f},{','.join(a)}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, synth, finished, recipe_file, capsys):
+    from tests.analysis_synthetic import ACC, write_target
+
+    target = ("--target-name", "7B", "--target-n", "6.9e9", "--target-d", "4e11", "--tasks", "hellaswag")
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    small_actual = write_target(tmp_path, size="190M", d=4e9).rename(tmp_path / "190M-4xC.csv")  # N known
+    bad_recipes = {"empty.yaml": b"", "binary.yaml": bytes(range(256)), "dup.yaml": b"name: a\nname: b\n"}
+    for name, data in bad_recipes.items():
+        (tmp_path / name).write_bytes(data)
+    cases = [
+        (("predict", *synth, *target, "--n-boot", n, "--out", tmp_path / "p"), ["--n-boot must be at least 20"])
+        for n in ("0", "-5", "19")] + [
+        (("predict", *synth, "--target-name", "x", "--target-n", "inf", "--target-d", "1e9", "--out",
+          tmp_path / "p"), ["--target-n", "positive finite"]),
+        (("predict", *synth[:2], *target, "--out", tmp_path / "p"), ["at least 3 runs"]),
+        (("predict", *synth, *target, "--actual", small_actual, "--out", tmp_path / "p"), ["--actual", "N ="]),
+        (("predict", *synth, *target, "--out", a_file), ["exists and is not a directory"]),
+        (("predict", *synth[1:], _edit_csv(synth[0], tmp_path / "acc" / "190M-1xC.csv", ACC, 4, "7.5"), *target,
+          "--out", tmp_path / "p"), [ACC, "7.5", "fractions in [0, 1]"]),
+        (("predict", *synth[1:], _edit_csv(synth[0], tmp_path / "bs" / "190M-1xC.csv", "batch_size_in_tokens",
+                                           2, "inf"), *target, "--out", tmp_path / "p"), ["batch_size_in_tokens"]),
+        (("backtest", *synth, "--out", a_file), ["exists and is not a directory"]),
+        (("backtest", *synth, "--intervals", "--n-boot", "5", "--out", tmp_path / "b"), ["--n-boot"]),
+        (("plan-ladder", *synth, "--out", a_file), ["exists and is not a directory"]),
+        (("observe", _observe_table(tmp_path / "pct.csv", scale=100), "--target", "HellaSwag", "--test-fraction", "0.3",
+          "--predictors", "MMLU,ARC-C", "--out", tmp_path / "o"), ["'MMLU'", "fractions in [0, 1]"]),
+        (("observe", _observe_table(tmp_path / "inf.csv", inf=True), "--target", "HellaSwag", "--test-fraction", "0.3", "--out",
+          tmp_path / "o"), ["'MMLU'", "inf"]),
+        (("observe", _observe_table(tmp_path / "txt.csv", flops="lots"), "--target", "HellaSwag", "--test-fraction", "0.3", "--out",
+          tmp_path / "o"), ["FLOPs (1E21)", "'lots'"]),
+        (("train", recipe_file, "--multiplier", "-1", "--out", tmp_path / "t"), ["--multiplier", "positive"]),
+        (("train", recipe_file, "--out", a_file), ["exists and is not a directory"]),
+        (("eval", finished / "checkpoints" / "step0000026", "--limit", "0", "--out", tmp_path / "e.json"),
+         ["--limit", "positive integer"]),
+        (("eval", finished / "checkpoints" / "step0000026", "--max-length", "-5", "--out", tmp_path / "e.json"),
+         ["--max-length"]),
+        (("eval", finished / "checkpoints" / "step0000026", "--out", tmp_path), ["is a directory"]),
+    ] + [(("train", tmp_path / name), [str(tmp_path / name)]) for name in bad_recipes]
+    for args, fragments in cases:
+        one_line_error(in_process(capsys, *args), *fragments)
+    assert not (tmp_path / "p").exists() and not (tmp_path / "b").exists() and not (tmp_path / "o").exists()
+    assert not (tmp_path / "t").exists() and not list(tmp_path.glob(".*tmp*"))
+    # the same through the real command line: one line, exit 2
+    one_line_error(ladder("predict", *synth, *target, "--n-boot", "19", "--out", tmp_path / "p"), "--n-boot")
+
+
+def test_thin_ladders_and_far_targets_are_said_once(tmp_path, synth, capsys):
+    thin = [p for p in synth if p.name.startswith(("190M", "370M"))]  # two sizes
+    res = in_process(capsys, "predict", *thin, "--target-name", "huge", "--target-n", "1e12", "--target-d",
+                     "1e13", "--tasks", "hellaswag", "--n-boot", "40", "--no-plots", "--out", tmp_path / "p")
+    assert res.returncode in (0, 1), res.stderr
+    assert res.stderr.count("treat these predictions as unreliable") == 1
+    assert res.stderr.count("extrapolations no backtest covers") == 2  # N and D, each once
+    assert "huge: N = 1e+12" in res.stderr and "huge: D = 1e+13" in res.stderr
+    (pred,) = json.loads((tmp_path / "p" / "predictions.json").read_text())
+    assert any("unreliable" in w for w in pred["warnings"]) and any("1e+12" in w for w in pred["warnings"])
+
+
+def test_status_survives_a_garbage_run_json(tmp_path, recipe_file, capsys):
+    from ladder.recipe import load_recipe
+    from ladder.sweep.sweepdir import open_sweep
+
+    sweep = open_sweep(load_recipe(recipe_file), tmp_path / "S")
+    run = sweep.run_dir(sweep.plan.rungs[0])
+    run.mkdir(parents=True)
+    (run / "run.json").write_text("[1, 2, 3]")
+    res = in_process(capsys, "status", tmp_path / "S")
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr

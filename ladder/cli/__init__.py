@@ -31,6 +31,13 @@ def _available() -> dict[str, tuple[str, str]]:
     return {k: v for k, v in COMMANDS.items() if importlib.util.find_spec(v[0]) is not None}
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """A bad argument is one line naming it (exit 2), not the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     commands = _available()
@@ -44,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     name = argv[0]
     module = importlib.import_module(commands[name][0])
-    sp = argparse.ArgumentParser(prog=f"ladder {name}", description=commands[name][1])
+    sp = _OneLineErrors(prog=f"ladder {name}", description=commands[name][1])
     module.add_arguments(sp)
     # intermixed: KEY=VALUE overrides may follow options (`ladder sweep R --out D a.b=1`)
     args = sp.parse_intermixed_args(argv[1:])
