@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         recipe = load_recipe(args.recipe, args.overrides)
         result = train(recipe, size=args.size, multiplier=args.multiplier, seed=args.seed,
                        out=args.out, cache=args.cache, progress=not args.no_progress,
-                       force_new=args.force_new)
+                       force_new=getattr(args, "force_new", False))
     except (RecipeError, DataError, KeyError, ValueError, LockHeld) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"ladder train: error: {msg}", file=sys.stderr)
