@@ -96,6 +96,8 @@ class Calibration:
     c_n: float
     task_k: dict[str, float] = field(default_factory=dict)
     task_mae: dict[str, float] = field(default_factory=dict)
+    task_median_score: dict[str, float] = field(default_factory=dict)  # before the k scaling
+    task_last_rung_bias: dict[str, float] = field(default_factory=dict)  # see last_rung_bias
     scenarios: list[str] = field(default_factory=list)
     n_records: int = 0
     fingerprint: str = ""
@@ -145,12 +147,29 @@ def fit_calibration(records: list[Record], level: float = LEVEL, grid=GRID) -> C
         if best is None or width < best[0] - 1e-12:
             best = (width, c_t, c_n, k, sc)
     _, c_t, c_n, k, sc = best
-    task_k, task_mae = {}, {}
+    task_k, task_mae, task_med = {}, {}, {}
     for t in dict.fromkeys(a["task"]):
         m = a["task"] == t
         task_k[t] = max(k, conformal_quantile(sc[m], level))
         task_mae[t] = float(np.mean(np.abs(a["actual"][m] - a["pred"][m])))
-    return Calibration(level, float(k), float(c_t), float(c_n), task_k, task_mae, scen, len(records))
+        task_med[t] = float(np.median(sc[m]))
+    return Calibration(level, float(k), float(c_t), float(c_n), task_k, task_mae, task_med,
+                       last_rung_bias(records), scen, len(records))
+
+
+def last_rung_bias(records: list[Record]) -> dict[str, float]:
+    """Per task, the mean signed error (actual - predicted) of the nearest extrapolation in N
+    alone (the largest size held out, no tokens-per-parameter extrapolation): how far the
+    largest rung sits off the trend of the smaller ones."""
+    near = [r for r in records if r.dt == 0 and r.dn > 0]
+    if not near:
+        return {}
+    dn0 = min(r.dn for r in near)
+    out: dict[str, list[float]] = {}
+    for r in near:
+        if abs(r.dn - dn0) < 1e-9:
+            out.setdefault(str(r.task), []).append(r.actual - r.pred)
+    return {t: float(np.mean(v)) for t, v in out.items()}
 
 
 def loso_coverage(records: list[Record], level: float = LEVEL) -> dict[str, dict]:

@@ -25,9 +25,14 @@ from analysis.metrics import TaskSpec
 from analysis.twostep import task_accuracy, task_feature
 
 # Thresholds (docs/analysis.md, "Trust grades"): a task is unreliable when its own backtests need
-# intervals MISS_RATIO x wider than the ladder's typical task, noisy when the ladder's accuracy
-# range is under SNR_MIN x one evaluation's scatter or that scatter is over NOISE_MAX.
+# intervals MISS_RATIO x wider than the ladder's typical task, or when half of its backtest errors
+# exceed MEDIAN_SCORE_MAX x the interval before the k scaling (a calibrated 90% interval has a
+# median score near 0.4), or when the largest rung, predicted from the smaller ones, is off by
+# TREND_Z x one evaluation's scatter; noisy when the ladder's accuracy range is under SNR_MIN x one
+# evaluation's scatter or that scatter is over NOISE_MAX.
 MISS_RATIO = 1.5
+MEDIAN_SCORE_MAX = 1.0
+TREND_Z = 5.0  # largest rung off the smaller ones' trend by this many evaluation scatters
 SNR_MIN = 10.0
 NOISE_MAX = 0.015
 TAIL = 0.2  # the last 20% of evaluations of the largest runs (at least 5)
@@ -91,10 +96,21 @@ def grade_task(task: str, noise: TaskNoise, *, calibration=None, converged: bool
     if calibration is not None and task in calibration.task_k:
         ratio = calibration.task_k[task] / calibration.k
         m.update(backtest_miss_ratio=ratio, backtest_mae=calibration.task_mae.get(task))
-        if ratio > MISS_RATIO:
+        med = calibration.task_median_score.get(task, 0.0)
+        m["backtest_median_score"] = med
+        if ratio > MISS_RATIO or med > MEDIAN_SCORE_MAX:
             bad.append(f"its in-ladder backtests missed by {ratio:.1f}x more than the ladder's "
-                       f"typical task (mean error {100 * calibration.task_mae[task]:.2f} points): "
-                       f"the largest rungs are off the trend of the smaller ones")
+                       f"typical task, half of them by over {med:.1f}x the interval (mean error "
+                       f"{100 * calibration.task_mae[task]:.2f} points): the largest rungs do not "
+                       f"follow the trend of the smaller ones")
+        bias = calibration.task_last_rung_bias.get(task)
+        if bias is not None and noise.acc_sd > 0:
+            z = abs(bias) / noise.acc_sd
+            m.update(last_rung_bias=bias, last_rung_z=z)
+            if z > TREND_Z:
+                bad.append(f"the largest rung, predicted from the smaller ones, is off by "
+                           f"{100 * bias:+.2f} points ({z:.0f}x one evaluation's scatter): "
+                           f"the trend breaks at the top of the ladder")
     elif calibration is not None:
         bad.append("no in-ladder backtest of this task")
     if noise.acc_sd > NOISE_MAX:
