@@ -12,7 +12,7 @@ prediction's bootstrap interval (low, high around pred) is widened per side to
 z the normal quantile of the level. (c_t, c_n) come from a small grid (the narrowest median width
 on the calibration records), k from split-conformal quantiles of the normalised scores
 |error| / half-width: the largest per-scenario quantile, so that the level holds in every
-extrapolation regime seen, not only on average; k_task >= k is the task's own quantile where its
+extrapolation regime seen, not only on average, and never below 1; k_task >= k is the task's own quantile where its
 backtests miss more than the others'. Honest coverage of a scenario uses a calibration fitted
 without it (:func:`loso_coverage`).
 """
@@ -142,6 +142,7 @@ def fit_calibration(records: list[Record], level: float = LEVEL, grid=GRID) -> C
     for c_t, c_n in itertools.product(grid, grid):
         sc = _scores(a, c_t, c_n, z)
         k = max(conformal_quantile(sc[a["scenario"] == s], level) for s in scen)
+        k = max(k, 1.0)  # only ever widen: a few lucky backtests must not shrink the bootstrap
         lo, hi = _halfwidths(a["pred"], a["low"], a["high"], a["dn"], a["dt"], c_t, c_n, z)
         width = float(np.median(k * (lo + hi)))
         if best is None or width < best[0] - 1e-12:

@@ -12,7 +12,7 @@ import json
 import sys
 import time
 
-from ladder.cli.predict import add_config_arguments, config_from_args, fail
+from ladder.cli.predict import add_config_arguments, add_tokens_argument, config_from_args, fail
 
 
 def add_arguments(p) -> None:
@@ -22,6 +22,7 @@ def add_arguments(p) -> None:
                    help="comma-separated model sizes to hold out (repeatable: one scenario each)")
     p.add_argument("--tasks", default="paper")
     p.add_argument("--out", required=True, metavar="DIR")
+    add_tokens_argument(p)
     p.add_argument("--intervals", action="store_true",
                    help="also calibrate the 90%% intervals (adds the standard extrapolation "
                         "scenarios) and report each scenario's coverage from a calibration fitted "

@@ -62,6 +62,12 @@ def config_from_args(args):
                          direct_exponents=args.direct_exponents)
 
 
+def add_tokens_argument(p) -> None:
+    p.add_argument("--tokens-per-step", type=_number, metavar="N",
+                   help="for W&B exports of run files without a tokens column: tokens per "
+                        "optimizer step (tokens = _step x N); the target's --actual needs none")
+
+
 def add_arguments(p) -> None:
     p.add_argument("run_files", nargs="+", metavar="RUN_FILES",
                    help="ladder runs: OLMo-ladder W&B CSV exports or run directories")
@@ -73,6 +79,7 @@ def add_arguments(p) -> None:
     p.add_argument("--tasks", default="paper",
                    help="'paper' (8 tasks, default), 'all', or a comma-separated task list")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    add_tokens_argument(p)
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--calibration", default="auto", metavar="FILE|auto|none",
                    help="interval calibration: a calibration.json from `ladder backtest "
@@ -96,7 +103,8 @@ def load_inputs(args):
     tasks = resolve_tasks(args.tasks)
     with warnings.catch_warnings():  # pandas' fragmentation notice on wide W&B exports
         warnings.simplefilter("ignore", category=Warning)
-        runs = read_runs(args.run_files)
+        tps = getattr(args, "tokens_per_step", None)
+        runs = read_runs(args.run_files, tps)
         actual = read_run(args.actual) if getattr(args, "actual", None) else None
     return runs, tasks, actual
 
