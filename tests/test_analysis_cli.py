@@ -180,3 +180,20 @@ def test_predict_imports_no_torch():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.slow
+def test_predict_7b_calibrated(olmo_ladder_dir, tmp_path):
+    """Report-only check of the calibrated intervals on 7B-4T (the default `--calibration auto`
+    backtests the 16 runs first; docs/analysis.md has the figures)."""
+    runs = sorted(str(p) for p in olmo_ladder_dir.glob("*xC.csv"))
+    out = tmp_path / "7b"
+    res = ladder_cli("predict", *runs, *SEVEN_B, "--actual", olmo_ladder_dir / "7B-4T-final.csv",
+                     "--out", out, "--no-plots", timeout=1800)
+    assert res.returncode == 0, res.stderr
+    rows = json.loads((out / "predictions.json").read_text())
+    assert all(r["interval"]["calibrated"] for r in rows)
+    covered = sum(r["pred_acc_low"] <= r["actual_acc"] <= r["pred_acc_high"] for r in rows)
+    errs = [100 * abs(r["pred_acc"] - r["actual_acc"]) for r in rows]
+    assert covered >= 7 and np.mean(errs) <= 2.75 + 1e-6, (covered, errs)
+    assert {r["grade"] for r in rows} <= {"reliable", "noisy", "unreliable"}
