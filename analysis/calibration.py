@@ -12,8 +12,8 @@ prediction's bootstrap interval (low, high around pred) is widened per side to
 z the normal quantile of the level. (c_t, c_n) come from a small grid (the narrowest median width
 on the calibration records), k from split-conformal quantiles of the normalised scores
 |error| / half-width: the largest per-scenario quantile, so that the level holds in every
-extrapolation regime seen, not only on average, and never below 1; k_task >= k is the task's own quantile where its
-backtests miss more than the others'. Honest coverage of a scenario uses a calibration fitted
+extrapolation regime seen, not only on average, and never below 1; k_task >= k is the task's
+own quantile where its backtests miss more than the others'. Honest coverage of a scenario uses a calibration fitted
 without it (:func:`loso_coverage`).
 """
 

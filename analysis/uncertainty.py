@@ -9,7 +9,8 @@ Sources of error, and how each is sampled:
   * evaluation noise of the target's own accuracy: the spread of single checkpoints around
     the step-2 curve (unsmoothed residuals), added as Gaussian noise per replicate.
 Replicates whose refit did not converge are dropped and counted (never silently used).
-The interval is the (5%, 95%) quantile of the replicate predictions.
+The interval is the (5%, 95%) quantile of the replicate predictions: the *raw* interval, which
+in-ladder backtests show under-covers when extrapolating; analysis.calibration widens it.
 """
 
 from __future__ import annotations
