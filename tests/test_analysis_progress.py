@@ -3,6 +3,7 @@ tiny sweep whose run logs follow a known two-step law (no training: the logs are
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -70,9 +71,12 @@ def test_status_predict_on_a_half_finished_sweep(half_sweep):
     assert "tiny-43k-2xC" in (out / "report.md").read_text() or "7 of 9" in (out / "report.md").read_text()
 
 
-def test_missing_rungs_widen_the_interval(half_sweep):
+def test_missing_rungs_widen_the_interval(half_sweep, tmp_path):
     """The same target from the 7 finished rungs and from all 9 (the two missing ones written in
-    full): the partial ladder's interval is the wider one."""
+    full, in a copy of the sweep): the partial ladder's interval is the wider one."""
+    copy = open_sweep(half_sweep.plan.recipe, tmp_path / "sweep")
+    shutil.copytree(half_sweep.dir / "runs", copy.dir / "runs")
+    half_sweep = copy
     plan = half_sweep.plan
     t = plan.targets[0]
     target = [Target(t.name, t.n, t.d)]
