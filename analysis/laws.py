@@ -23,10 +23,11 @@ import warnings
 
 import numpy as np
 
-from analysis.fit import (FitError, FitResult, huber, minimize_multistart, minimize_newton_stacked,
-                          minimize_stacked, single_threaded_blas)
+from analysis.fit import FitError, FitResult, huber, minimize_multistart, minimize_newton_stacked
 
-_LOG_FLOOR = 1e-300
+# Starts of the power laws: the irreducible term at these fractions of the smallest loss, the
+# log-coefficients a, b and the exponents on Chinchilla's grid.
+E_FRACTIONS = (0.05, 0.25, 0.5, 0.75, 0.9)
 
 
 def _lse(T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -35,6 +36,29 @@ def _lse(T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     e = np.exp(T - m)
     s = e.sum(axis=-1, keepdims=True)
     return (m + np.log(s))[..., 0], e / s
+
+
+def power_law_starts(z: np.ndarray, centers, coefs: np.ndarray,
+                     exponents: np.ndarray | None = None, fixed_exponents=None) -> np.ndarray:
+    """Grid of starts ``(e, a'_1..a'_m, alpha_1..alpha_m)`` of a power law with ``m`` terms
+    fitted as ``log L = LSE(a_i - alpha_i x_i, e)`` on log inputs centred at ``centers``.
+
+    The irreducible term ``e`` starts below the smallest log loss ``min(z)``; each term's
+    log-coefficient runs over ``coefs`` and its exponent over ``exponents``, or is held at
+    ``fixed_exponents`` (then the grid has no exponent columns). The grid is laid out in
+    uncentred coefficients (Chinchilla's) and shifted to the centred ones, ``a' = a - alpha c``.
+    """
+    es = float(np.min(z)) + np.log(np.array(E_FRACTIONS))
+    centers = np.asarray(centers, dtype=float).reshape(-1)
+    m = len(centers)
+    if fixed_exponents is None:
+        g = np.array(list(itertools.product(es, *[coefs] * m, *[exponents] * m)))
+        alphas = g[:, 1 + m:]
+    else:
+        g = np.array(list(itertools.product(es, *[coefs] * m)))
+        alphas = np.asarray(fixed_exponents, dtype=float)[None, :]
+    g[:, 1:1 + m] -= alphas * centers
+    return g
 
 
 class Law:
@@ -209,7 +233,8 @@ class ChinchillaLaw(Law):
     b - beta log D, e) with Huber(δ=1e-3) on log residuals.
 
     Internally log N and log D are centred on the fit data's means (a' = a - alpha mean(log N)):
-    uncentred, a and alpha are almost collinear (log N ~ 20) and L-BFGS needs ~10x the steps."""
+    uncentred, a and alpha are almost collinear (log N ~ 20) and L-BFGS needs several times the
+    iterations (docs/analysis.md)."""
 
     param_names = ("E", "A", "B", "alpha", "beta")
     # optimiser space: theta = (e, a', b', alpha, beta)
@@ -253,15 +278,8 @@ class ChinchillaLaw(Law):
         return np.exp(z)
 
     def _grid(self, F, z, w):
-        # Chinchilla's grid (in uncentred a, b), with the irreducible term below the losses.
-        lo = float(np.min(z))
-        es = lo + np.log(np.array([0.05, 0.25, 0.5, 0.75, 0.9]))
-        ab = np.arange(0.0, 30.0, 5.0)
-        ex = np.array([0.05, 0.15, 0.3, 0.5, 0.8, 1.2, 2.0])
-        g = np.array(list(itertools.product(es, ab, ab, ex, ex)))
-        g[:, 1] -= g[:, 3] * self.center_[0]
-        g[:, 2] -= g[:, 4] * self.center_[1]
-        return g
+        return power_law_starts(z, self.center_, np.arange(0.0, 30.0, 5.0),
+                                np.array([0.05, 0.15, 0.3, 0.5, 0.8, 1.2, 2.0]))
 
     def _bounds(self, F, z):
         # E between 0.1% of the smallest loss (indistinguishable from 0; keeps the flat
@@ -340,13 +358,8 @@ class ComputeLaw(Law):
     _untarget = ChinchillaLaw._untarget
 
     def _grid(self, F, z, w):
-        lo = float(np.min(z))
-        es = lo + np.log(np.array([0.05, 0.25, 0.5, 0.75, 0.9]))
-        ab = np.arange(0.0, 60.0, 2.5)
-        ex = np.array([0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2])
-        g = np.array(list(itertools.product(es, ab, ex)))
-        g[:, 1] -= g[:, 2] * self.center_
-        return g
+        return power_law_starts(z, self.center_, np.arange(0.0, 60.0, 2.5),
+                                np.array([0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2]))
 
     def _bounds(self, F, z):
         e = (float(np.min(z)) - 7.0, float(np.min(z)) + 0.4)
