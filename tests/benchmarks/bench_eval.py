@@ -32,7 +32,7 @@ def main() -> None:
 
     from transformers import Olmo2Config, Olmo2ForCausalLM, PreTrainedTokenizerFast
 
-    from ladder.eval.scorer import build_task_evaluator
+    from ladder.eval.evaluator import build_task_evaluator
 
     spec = importlib.util.find_spec("olmo_eval")
     tok = PreTrainedTokenizerFast(tokenizer_file=f"{spec.submodule_search_locations[0]}/tokenizers/"
