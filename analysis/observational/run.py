@@ -107,10 +107,10 @@ def run_observational(
         logf = np.where(flops > 0, np.log(flops), np.nan)
     maps, skipped = fit_family_maps(families[rows.train], logf[rows.train],
                                     fitted["caps"][rows.train], models[rows.train])
+    use = rows.use
     aggregate = np.full(len(table), np.nan)
-    aggregate[rows.use] = est.link_.linear(fitted["caps"][rows.use])
-    u = rows.use
-    equivalent = equivalent_axis(ref_family, families[u], logf[u], aggregate[u], models[u])
+    aggregate[use] = est.link_.linear(fitted["caps"][use])
+    equivalent = equivalent_axis(ref_family, families[use], logf[use], aggregate[use], models[use])
     preds = _predictions_frame(models, families, flops, y, fitted, rows, equivalent, aggregate)
     metrics = _metrics(est, target, predictors, X, y, rows, fitted, level, n_boot, seed)
     metrics.update({
