@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,10 @@ def plot_observational(result, out_dir: str | Path) -> list[Path]:
         if fig is None:
             continue
         fig.tight_layout()
-        fig.savefig(out / name, dpi=120)
+        tmp = out / f".{name}.tmp.png"  # complete or absent, like every other output
+        fig.savefig(tmp, dpi=120)
         plt.close(fig)
+        os.replace(tmp, out / name)
         written.append(out / name)
     return written
 

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.files import json_safe
+from analysis.files import atomic_write_text, json_safe
 from analysis.observational.compute import EquivalentCompute, equivalent_axis, fit_family_maps
 from analysis.observational.data import (FAMILY_COL, FLOPS_COL, MODEL_COL, benchmark_columns,
                                          joined_columns)
@@ -39,14 +39,13 @@ class ObservationalResult:
         return t.loc[list(models), self.model.feature_names_in_]
 
     def write(self, out_dir: str | Path, plots: bool = True) -> list[Path]:
+        """Every file atomically, ``metrics.json`` last: a directory with it is complete."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        written = [out / "metrics.json", out / "predictions.csv"]
-        (out / "metrics.json").write_text(json.dumps(json_safe(self.metrics), indent=2) + "\n")
-        self.predictions.to_csv(out / "predictions.csv", index=False)
-        if plots:
-            written += plot_observational(self, out)
-        return written
+        atomic_write_text(out / "predictions.csv", self.predictions.to_csv(index=False))
+        written = [out / "predictions.csv"] + (plot_observational(self, out) if plots else [])
+        atomic_write_text(out / "metrics.json", json.dumps(json_safe(self.metrics), indent=2) + "\n")
+        return [out / "metrics.json"] + written
 
 
 @dataclass
