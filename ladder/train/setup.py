@@ -207,7 +207,7 @@ def _build(recipe, plan, run_dir, accelerator, data, train_seqs, val_seqs, sampl
 
     ctx.evaluator = task_evaluator
     if ctx.evaluator is None and recipe.evaluation.tasks:
-        from ladder.eval.scorer import build_task_evaluator  # optional component, imported lazily
+        from ladder.eval.evaluator import build_task_evaluator  # optional component, imported lazily
 
         ctx.evaluator = build_task_evaluator(
             recipe.evaluation.tasks, data.tokenizer, limit=recipe.evaluation.task_limit,
