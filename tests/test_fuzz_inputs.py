@@ -58,8 +58,8 @@ def mutate(text: str, rng: random.Random) -> tuple[str, str]:
 
 def _physically_valid(run) -> None:
     """What an accepted run guarantees the fit."""
-    tokens = run.evals["tokens"].to_numpy(dtype=float)
-    assert np.all(np.isfinite(tokens)) and np.all(np.diff(tokens) > 0)
+    order = run.evals["tokens" if "tokens" in run.evals else "step"].to_numpy(dtype=float)
+    assert np.all(np.isfinite(order)) and np.all(np.diff(order) > 0)  # tokens, else steps (a W&B export)
     for col in (ACC, BPB):
         try:
             v = run.column(col)
