@@ -113,7 +113,8 @@ def _check_table(table, args) -> None:
     import numpy as np
     import pandas as pd
 
-    from analysis.observational.core import FLOPS_COL, MODEL_COL, ObservationalError, benchmark_columns
+    from analysis.observational.data import FLOPS_COL, MODEL_COL, benchmark_columns
+    from analysis.observational.errors import ObservationalError
 
     raw = table[FLOPS_COL]
     flops = pd.to_numeric(raw, errors="coerce")
