@@ -149,17 +149,21 @@ def _tokenize_unit(job: tuple[int, tuple[str, int, int], str]) -> dict:
             n_tokens += ids.size
         batch.clear()
 
-    with open(tmp, "wb") as fh:
-        for text in _texts(unit, _WORKER["field"]):
-            if isinstance(text, str) and text:
-                batch.append(text)
-                n_docs += 1
-                if len(batch) >= BATCH_DOCS:
-                    flush(fh)
-        if batch:
-            flush(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with open(tmp, "wb") as fh:
+            for text in _texts(unit, _WORKER["field"]):
+                if isinstance(text, str) and text:
+                    batch.append(text)
+                    n_docs += 1
+                    if len(batch) >= BATCH_DOCS:
+                        flush(fh)
+            if batch:
+                flush(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.rename(tmp, final)
     stats = dict(path=final.name, tokens=n_tokens, documents=n_docs, source=unit[0],
                  range=[unit[1], unit[2]], max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
