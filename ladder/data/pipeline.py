@@ -43,6 +43,8 @@ _STDLIB_SKIP = {"test", "tests", "idlelib", "site-packages", "dist-packages", "l
 
 # ---------------------------------------------------------------------------- documents
 
+_LARGE_TEXT = 1_000_000_000  # characters of text beyond which `ladder tokenize` is suggested
+
 
 @dataclass
 class Document:
@@ -114,6 +116,10 @@ def read_documents(cfg: DataConfig, notes: list[str] | None = None) -> list[Docu
     if cut and notes is not None:
         notes.append(f"data: data.max_bytes={cfg.max_bytes:,} cut the corpus after {len(docs):,} documents "
                      f"({cut[0]:,} bytes); set data.max_bytes: null to read all of it")
+    size = sum(len(d.text) for d in docs)
+    if size > _LARGE_TEXT and notes is not None:
+        notes.append(f"data: {size / 1e9:.1f} GB of text held in memory and hashed at every start; for a "
+                     "corpus this size run `ladder tokenize` once and train with data.source: tokens")
     return docs
 
 
