@@ -15,8 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory (token files + manifest.json)")
     parser.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     parser.add_argument("--text-field", default="text", help="the text field/column (default: text)")
-    parser.add_argument("--unit-mb", type=float, default=256,
-                        help="input MB per output part file (default 256)")
+    parser.add_argument("--unit-mb", type=float, default=64,
+                        help="input MB per output part file, the unit of parallel work (default 64)")
     parser.epilog = ("train on the result with data.source=tokens data.path=OUT. "
                      "Exit codes: 0 done, 1 error, 2 bad input")
 

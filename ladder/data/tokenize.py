@@ -27,7 +27,7 @@ import numpy as np
 from ladder.data.errors import DataError
 from ladder.data.token_files import MANIFEST
 
-UNIT_BYTES = 256 << 20  # input bytes per unit (~64M tokens: one part file of 128-256 MB)
+UNIT_BYTES = 64 << 20  # input bytes per unit (~16M tokens: one part file of 32-64 MB)
 BATCH_DOCS = 512  # documents encoded together (bounds a worker's memory)
 FORMAT = "ladder-tokens/1"
 

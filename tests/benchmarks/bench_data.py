@@ -106,7 +106,7 @@ def bench_run2(args) -> None:
     recipe = {"name": "bench-data", "model": {"sizes": ["tiny-9k"], "tokenizer": tok},
               "data": {"source": "tokens", "path": path, "tokens_dtype": "uint32", "validation_fraction": 0.001,
                        "validation_tokens": 4096},
-              "multipliers": [0.02], "train": {"seq_len": 128, "batch_tokens": 2048, "cpu_threads": 1},
+              "multipliers": [0.1], "train": {"seq_len": 128, "batch_tokens": 2048, "cpu_threads": 1},
               "evaluation": {"count": 2, "early": 0}, "tracking": {"log_interval": 5}}
     (work / "r.yaml").write_text(yaml.safe_dump(recipe))
     torchrun = Path(sys.executable).with_name("torchrun")
@@ -145,14 +145,16 @@ def gen_jsonl(path: Path, mb: float) -> None:
             n, i = n + len(line), i + 1
 
 
-def timed(cmd: list[str], work: Path) -> tuple[float, float, str]:
-    """(wall s, peak RSS MiB of the largest process, stderr) of a command."""
+def timed(cmd: list[str], work: Path) -> tuple[float, float, float, str]:
+    """(wall s, peak RSS MiB of the largest process, CPU s of all its processes, output) of a
+    command. CPU s / wall = the cores it got: on a shared machine, fewer than its processes."""
     t = time.perf_counter()
-    out = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(work / "t.txt"), *cmd], env=ENV,
+    out = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", "-o", str(work / "t.txt"), *cmd], env=ENV,
                          capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(out.stderr[-2000:])
-    return time.perf_counter() - t, int((work / "t.txt").read_text().split()[-1]) / 1024, out.stdout + out.stderr
+    rss, user, system = (work / "t.txt").read_text().split()[-3:]
+    return time.perf_counter() - t, int(rss) / 1024, float(user) + float(system), out.stdout + out.stderr
 
 
 def bench_tokenize(args) -> None:
@@ -169,20 +171,21 @@ def bench_tokenize(args) -> None:
         gen_jsonl(src, mb)
         n_tokens = None
         if not args.skip_old:
-            wall, rss, text = timed([sys.executable, "-c", old, str(src), tok, str(work / f"cache{mb:g}")], work)
+            wall, rss, cpu, text = timed([sys.executable, "-c", old, str(src), tok, str(work / f"cache{mb:g}")],
+                                         work)
             n_tokens = int(text.split("TOKENS")[1].split()[0])
             print(f"{mb:>6g} MB  old (datasets, one process)   {wall:7.1f} s  {n_tokens / wall:>10,.0f} tokens/s  "
-                  f"peak RSS {rss:6.0f} MiB")
+                  f"peak RSS {rss:6.0f} MiB  cores used {cpu / wall:4.2f}")
             base = n_tokens / wall
         for w in args.workers:
             out = work / f"tok{mb:g}-w{w}"
             subprocess.run(["rm", "-rf", str(out)])
-            wall, rss, _ = timed([sys.executable, "-m", "ladder", "tokenize", str(src), "--tokenizer", tok,
+            wall, rss, cpu, _ = timed([sys.executable, "-m", "ladder", "tokenize", str(src), "--tokenizer", tok,
                                   "--out", str(out), "--workers", str(w), "--unit-mb", str(args.unit_mb)], work)
             n = json.loads((out / "manifest.json").read_text())["tokens"]
             rel = f"  {n / wall / base:4.2f}x old" if n_tokens else ""
             print(f"{mb:>6g} MB  ladder tokenize --workers {w}    {wall:7.1f} s  {n / wall:>10,.0f} tokens/s  "
-                  f"peak RSS {rss:6.0f} MiB (largest process){rel}")
+                  f"peak RSS {rss:6.0f} MiB (largest process)  cores used {cpu / wall:4.2f}{rel}")
             if w == args.workers[0]:
                 base1 = n / wall
             else:
