@@ -137,7 +137,7 @@ def held_out(n: int, k: int, seed: int = VALIDATION_SEED) -> np.ndarray:
 
 
 def _distinct(x: np.ndarray) -> np.ndarray:
-    """Sorted distinct values (np.unique's hash path takes seconds on millions of int64 here)."""
+X
     s = np.sort(x)
     return s[np.concatenate([[True], s[1:] != s[:-1]])] if s.size else s
 
