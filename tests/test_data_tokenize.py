@@ -89,6 +89,31 @@ def test_a_failure_leaves_nothing_that_looks_complete_and_a_rerun_finishes(tmp_p
     assert np.array_equal(_all_tokens(out), _all_tokens(tmp_path / "ref")) and m["files"] == ref["files"]
 
 
+def test_an_interrupted_run_resumes_from_its_finished_parts(tmp_path, tok_json, inputs, monkeypatch):
+    import ladder.data.tokenize as tk
+
+    d, _ = inputs
+    tok = load_tokenizer(ModelConfig(tokenizer=tok_json))
+    real, calls = tk._tokenize_unit, []
+
+    def dies_after_two(job):
+        calls.append(job[0])
+        if len(calls) > 2:
+            raise KeyboardInterrupt  # the job is killed
+        return real(job)
+
+    monkeypatch.setattr(tk, "_tokenize_unit", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        tokenize_corpus([str(d / "a.jsonl")], tok, tmp_path / "out", unit_bytes=1500)
+    assert not (tmp_path / "out").exists()
+    calls.clear()
+    monkeypatch.setattr(tk, "_tokenize_unit", lambda job: calls.append(job[0]) or real(job))
+    m = tokenize_corpus([str(d / "a.jsonl")], tok, tmp_path / "out", unit_bytes=1500)
+    assert calls == list(range(2, len(m["files"])))  # the two finished parts were kept
+    ref = tokenize_corpus([str(d / "a.jsonl")], tok, tmp_path / "ref", unit_bytes=1500)
+    assert np.array_equal(_all_tokens(tmp_path / "out"), _all_tokens(tmp_path / "ref"))
+
+
 def test_cli_bad_input_exit_2(tmp_path, tok_json, capsys):
     from ladder.cli import main
 

@@ -190,7 +190,8 @@ def tokenize_corpus(inputs: list[str], tokenizer, out: str | os.PathLike, *, wor
     dtype = "uint16" if vocab <= 1 << 16 else "uint32"
     partial = out.with_name(out.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
-    source_id = hashlib.sha256(json.dumps([(f, os.path.getsize(f)) for f in files]).encode()).hexdigest()[:16]
+    stats_of = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]  # edited inputs: start over
+    source_id = hashlib.sha256(json.dumps(stats_of).encode()).hexdigest()[:16]
     stamp = partial / "inputs.json"  # a .partial dir of other inputs/tokenizer is not resumed
     key = dict(inputs=source_id, tokenizer_hash=tokenizer_hash(tokenizer), dtype=dtype, units=len(units),
                unit_bytes=unit_bytes, text_field=text_field)
