@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ladder.data.pipeline import DataError
+    from ladder.data.errors import DataError
     from ladder.recipe import RecipeError, load_recipe
     from ladder.exit_codes import EXIT_BAD_INPUT, EXIT_DIVERGED
     from ladder.train.loop import NonFiniteLossError, train
