@@ -92,12 +92,12 @@ def run(args: argparse.Namespace) -> int:
 
     ckpt = Path(args.checkpoint)
     if not (ckpt / "config.json").is_file():
-        print(f"ladder eval: {ckpt} is not a transformers model directory (no config.json)", file=sys.stderr)
+        print(f"ladder eval: error: {ckpt} is not a transformers model directory (no config.json)", file=sys.stderr)
         return EXIT_BAD_INPUT
     if Path(args.out).is_dir():
-        print(f"ladder eval: --out {args.out} is a directory; give a file name (e.g. {args.out}/metrics.json)",
+        print(f"ladder eval: error: --out {args.out} is a directory; give a file name (e.g. {args.out}/metrics.json)",
               file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     if args.limit is not None and args.sample is not None:
         print("ladder eval: use either --limit (first K) or --sample (random K), not both", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
             subset="random" if args.sample is not None else "first", max_length=args.max_length,
             pack=not args.no_pack, cache_dir=args.cache_dir, max_batch_tokens=args.max_batch_tokens)
     except (KeyError, ValueError, TaskDataError) as e:
-        print(f"ladder eval: {e.args[0] if e.args else e}", file=sys.stderr)
+        print(f"ladder eval: error: {e.args[0] if e.args else e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     accelerator = Accelerator(cpu=args.device == "cpu")
     dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
