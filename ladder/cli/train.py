@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ladder.data.pipeline import DataError
+    from ladder.exit_codes import BAD_INPUT, CRASHED, EXIT_BAD_INPUT, EXIT_DIVERGED
     from ladder.recipe import RecipeError, load_recipe
-    from ladder.exit_codes import EXIT_BAD_INPUT, EXIT_DIVERGED
     from ladder.train.loop import NonFiniteLossError, train
 
     try:
@@ -37,12 +37,27 @@ def run(args: argparse.Namespace) -> int:
     except (RecipeError, DataError, KeyError, ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"ladder train: error: {msg}", file=sys.stderr)
+        _outcome(args, BAD_INPUT, msg)
         return EXIT_BAD_INPUT
-    except NonFiniteLossError as e:
+    except NonFiniteLossError as e:  # status.json already says diverged
         print(f"ladder train: error: {e}", file=sys.stderr)
         return EXIT_DIVERGED
+    except Exception as e:
+        _outcome(args, CRASHED, f"{type(e).__name__}: {e}")
+        raise
     if result.status == "already-complete":
         print(f"{result.run_dir}: already complete ({result.step}/{result.total_steps} steps)")
     elif result.status == "completed":
         print(f"{result.run_dir}: done ({result.step} steps)")
     return result.exit_code
+
+
+def _outcome(args: argparse.Namespace, outcome: str, message: object) -> None:
+    """Say in the run directory why the run stopped, so a scheduler does not retry bad input."""
+    from ladder.train.status import is_main_process, write_status
+
+    if args.out and is_main_process():
+        try:
+            write_status(args.out, outcome, message=str(message))
+        except OSError:
+            pass  # the run directory itself may be the bad input

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from analysis.runlog import TRAIN_LOSS
 from ladder.data.pipeline import PackedSequences
-from ladder.exit_codes import EXIT_OK, EXIT_PREEMPTED
+from ladder.exit_codes import COMPLETED, DIVERGED, EXIT_OK, EXIT_PREEMPTED, PREEMPTED
 from ladder.recipe import Recipe, RunPlan, eval_steps
 from ladder.train import checkpoint as ckpt
 from ladder.train.loss import next_token_loss
@@ -128,7 +128,7 @@ def train(recipe: Recipe, size: str | None = None, multiplier: float | None = No
     if ctx.step >= total:
         return TrainResult("already-complete", ctx.run_dir, ctx.step, total, ctx.last_row())
     trainer = Trainer(ctx, Cadence.for_run(recipe, ctx.plan), progress)
-    step, status = ctx.step, "completed"
+    step, status = ctx.step, COMPLETED
     with _Preemption() as preempt, trainer.tracking():
         while step < total:
             trainer.step(step)
@@ -143,12 +143,12 @@ def train(recipe: Recipe, size: str | None = None, multiplier: float | None = No
             if trainer.cadence.checkpoint(step) or stop:
                 trainer.save(step, is_eval=trainer.cadence.evaluate(step))
             if stop and step < total:
-                status = "preempted"
+                status = PREEMPTED
                 ctx.accelerator.print(f"\npreemption signal: checkpoint saved at step {step}; "
                                       f"rerun the same command to resume (exit {EXIT_PREEMPTED})")
                 break
     trainer.close()
-    ctx.set_status(status)
+    ctx.set_status(status, step)
     return TrainResult(status, ctx.run_dir, step, total, ctx.last_row())
 
 
@@ -201,8 +201,8 @@ class Trainer:
         c = self.ctx
         try:
             self.last_loss = _check_finite(self.pending, c.accelerator, c.last_checkpoint)
-        except NonFiniteLossError:
-            c.set_status("diverged")
+        except NonFiniteLossError as e:
+            c.set_status(DIVERGED, step, str(e))
             raise
         self.pending.clear()
         self.tps = self.tokens / max(self.seconds, 1e-9)

@@ -20,6 +20,7 @@ from ladder.presets import embedding_rows
 from ladder.recipe import Recipe, RunPlan, lr_lambda, plan_run
 from ladder.train import checkpoint as ckpt
 from ladder.train.host_memory import keep_freed_memory
+from ladder.train.status import write_status
 
 
 def default_run_dir(recipe: Recipe, plan: RunPlan) -> Path:
@@ -91,11 +92,14 @@ class RunContext:
     n_val: int = 1
     byte_len: torch.Tensor | None = None
 
-    def set_status(self, status: str) -> None:
-        """Record the run's state in run.json (main process)."""
+    def set_status(self, status: str, step: int | None = None, message: str = "") -> None:
+        """Record the run's state in run.json and its outcome in status.json (main process),
+        which the sweep backends act on (ladder.exit_codes.next_action)."""
         if self.writer:
             self.meta.extra["status"] = status
             self.writer.write_meta(self.meta)
+            write_status(self.run_dir, status, step=self.step if step is None else step,
+                         total_steps=self.plan.total_steps, message=message)
 
     def last_row(self) -> dict[str, Any]:
         rows = self.writer.rows() if self.writer else []
