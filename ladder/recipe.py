@@ -245,6 +245,9 @@ class Recipe:
     # The SLURM backend's section (cluster defaults, per-size resources), validated by
     # ladder.sweep.slurm.SlurmConfig, which the recipe must not import.
     slurm: dict[str, Any] = field(default_factory=dict)
+    # DDP/FSDP, micro-batch and activation checkpointing per size (operational), validated by
+    # ladder.train.parallel.
+    parallel: dict[str, Any] = field(default_factory=dict)
     source: str = field(default="<dict>", metadata={"internal": True})
 
     def __post_init__(self) -> None:

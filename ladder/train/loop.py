@@ -230,7 +230,9 @@ class Trainer:
                                c.recipe.evaluation.batch_size, c.byte_len, c.data.name))
         if c.evaluator is not None:
             c.model.eval()
-            row.update(c.evaluator(c.accelerator.unwrap_model(c.model), c.accelerator))
+            # the unwrapped module has lost the autocast accelerate put on the prepared forward
+            with c.accelerator.autocast():
+                row.update(c.evaluator(c.accelerator.unwrap_model(c.model), c.accelerator))
             c.model.train()
         if c.writer:
             c.writer.append(row)

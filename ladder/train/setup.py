@@ -20,6 +20,8 @@ from ladder.presets import embedding_rows
 from ladder.recipe import Recipe, RunPlan, lr_lambda, plan_run
 from ladder.train import checkpoint as ckpt
 from ladder.train.host_memory import keep_freed_memory
+from ladder.train.parallel import (build_accelerator, enable_activation_checkpointing, enable_tf32,
+                                   is_fsdp, parallel_config)
 from ladder.train.status import write_status
 
 
@@ -110,8 +112,6 @@ def setup(recipe: Recipe, size: str | None, multiplier: float | None, seed: int 
           out: str | os.PathLike | None, *, task_evaluator: Callable | None = None,
           cache: str | os.PathLike | None = None) -> RunContext:
     """Build a run's components and resume from its latest complete checkpoint, if any."""
-    from accelerate import Accelerator
-
     size = size or recipe.model.sizes[0]
     allowed = recipe.model.sizes + [tg.size for tg in recipe.targets if tg.size]  # held-out targets too
     if size not in allowed:
@@ -127,8 +127,12 @@ def setup(recipe: Recipe, size: str | None, multiplier: float | None, seed: int 
     use_wandb = tracking.wandb and tracking.mode != "disabled"
     # cpu=True on CPU-only machines makes a torchrun/`accelerate launch --multi_gpu` start use
     # gloo (MULTI_CPU) instead of silently running independent single processes.
-    accelerator = Accelerator(cpu=cpu_only, mixed_precision=mixed, step_scheduler_with_optimizer=False,
-                              log_with="wandb" if use_wandb else None)
+    par = parallel_config(recipe)
+    settings = par.for_size(size)
+    accelerator = build_accelerator(settings, cpu_only=cpu_only, mixed_precision=mixed,
+                                    timeout_minutes=par.timeout_minutes,
+                                    log_with="wandb" if use_wandb else None)
+    enable_tf32()
     device = accelerator.device
     if device.type == "cpu":
         keep_freed_memory()  # no page faults on each step's activations (ladder/train/host_memory.py)
@@ -145,19 +149,26 @@ def setup(recipe: Recipe, size: str | None, multiplier: float | None, seed: int 
     sampler = BatchSampler(train_seqs.n, plan.batch_seqs, plan.seed, recipe.data.shuffle,
                            accelerator.process_index, world)
     per_proc = plan.batch_seqs // world
-    micro = math.gcd(t.micro_batch_size, per_proc)
+    micro = math.gcd(settings.micro_batch_size or t.micro_batch_size, per_proc)
     accum = per_proc // micro
 
     writer = RunLogWriter(run_dir) if accelerator.is_main_process else None
     meta = _run_meta(recipe, plan, data, accelerator, micro, accum)
+    meta.extra.update(strategy="fsdp" if is_fsdp(accelerator) else "ddp",
+                      activation_checkpointing=settings.activation_checkpointing)
     _check_same_run(run_dir, meta)
 
     model = build_model(plan).to(device)
+    if settings.activation_checkpointing:
+        enable_activation_checkpointing(model)
     optimizer = build_optimizer(model, plan, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, plan))
-    if t.compile:
+    fsdp = is_fsdp(accelerator)
+    if t.compile and not fsdp:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
+    if t.compile and fsdp:  # FSDP2 shards the plain module; compile the sharded one
+        model = torch.compile(model)
 
     step = 0
     if accelerator.is_main_process:
