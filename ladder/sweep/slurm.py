@@ -73,7 +73,8 @@ class SbatchError(SlurmError):
 # ---------------------------------------------------------------------------- recipe config
 
 
-_SWEEP_KNOBS = {"signal_seconds": int, "max_retries": int, "max_parallel": int, "setup": list}
+_SWEEP_KNOBS = {"signal_seconds": int, "max_retries": int, "max_parallel": int, "setup": list,
+                "gpu_memory_gib": int}
 
 
 @dataclass
@@ -89,6 +90,7 @@ class SlurmConfig:
     max_retries: int = 2
     max_parallel: int | None = None
     setup: tuple[str, ...] = ()
+    gpu_memory_gib: int | None = None  # the partition's GPU memory: the dry run checks the estimate
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None, where: str = "slurm",

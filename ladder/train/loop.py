@@ -94,7 +94,9 @@ class Cadence:
     def for_run(cls, recipe: Recipe, plan: RunPlan) -> "Cadence":
         evals = set(eval_steps(plan.total_steps, recipe.evaluation))
         every = recipe.checkpoint.interval
-        ckpts = evals if every is None else set(range(every, plan.total_steps + 1, every)) | {plan.total_steps}
+        # with a step interval: those steps, the evaluation steps (their weights are kept for
+        # offline evaluation) and the last
+        ckpts = evals if every is None else set(range(every, plan.total_steps + 1, every)) | evals
         return cls(evals, ckpts, recipe.tracking.log_interval, plan.total_steps)
 
     def evaluate(self, step: int) -> bool:
@@ -133,14 +135,14 @@ def train(recipe: Recipe, size: str | None = None, multiplier: float | None = No
         while step < total:
             trainer.step(step)
             step += 1
-            stop = preempt.requested
-            if trainer.cadence.sync(step):
-                stop = trainer.agree(stop)  # across processes, at sync points only
+            stop, due = preempt.requested, False
+            if trainer.cadence.sync(step):  # across processes, at sync points only
+                stop, due = trainer.agree(stop, trainer.save_due())
             if trainer.cadence.sync(step) or stop:
                 trainer.log(step)
             if trainer.cadence.evaluate(step):
                 trainer.evaluate(step)
-            if trainer.cadence.checkpoint(step) or stop:
+            if trainer.cadence.checkpoint(step) or stop or due:
                 trainer.save(step, is_eval=trainer.cadence.evaluate(step))
             if stop and step < total:
                 status = PREEMPTED
@@ -166,6 +168,7 @@ class Trainer:
         self.tokens, self.seconds = 0, 0.0  # since the last log
         self.gnorm: torch.Tensor | float = float("nan")
         self._trackers = False
+        self.last_save = time.monotonic()
 
     @contextlib.contextmanager
     def tracking(self):
@@ -189,12 +192,17 @@ class Trainer:
         self.seconds += time.perf_counter() - t0
         self.tokens += c.plan.batch_tokens
 
-    def agree(self, stop: bool) -> bool:
-        """Preemption is acted on when any process was signalled."""
+    def agree(self, stop: bool, due: bool = False) -> tuple[bool, bool]:
+        """Preemption (a wall-clock checkpoint) is acted on when any process asks for it."""
         acc = self.ctx.accelerator
         if acc.num_processes == 1:
-            return stop
-        return bool(acc.reduce(torch.tensor(float(stop), device=acc.device), "max").item())
+            return stop, due
+        flags = acc.reduce(torch.tensor([float(stop), float(due)], device=acc.device), "max").tolist()
+        return bool(flags[0]), bool(flags[1])
+
+    def save_due(self) -> bool:
+        minutes = self.ctx.recipe.checkpoint.interval_minutes
+        return minutes is not None and time.monotonic() - self.last_save >= 60 * minutes
 
     def log(self, step: int) -> None:
         """Check the pending losses (NaN stops the run) and log loss, LR and throughput."""
@@ -250,6 +258,7 @@ class Trainer:
                                     optimizer=c.optimizer, scheduler=c.scheduler,
                                     tokenizer=c.data.tokenizer, state=state, eval_step=is_eval)
         c.last_checkpoint = path or c.last_checkpoint
+        self.last_save = time.monotonic()
         if c.accelerator.is_main_process:
             ckpt.prune_checkpoints(c.run_dir, ck.keep_last, ck.keep_eval_weights)
         c.accelerator.wait_for_everyone()
