@@ -25,10 +25,10 @@ RECIPE = {
     "name": "fsdp-test",
     "model": {"sizes": ["tiny-43k"], "tokenizer_vocab_size": 300},
     "data": {"source": "pystdlib", "max_bytes": 300_000, "validation_tokens": 2048},
-    "multipliers": [0.5],
+    "multipliers": [0.1],
     "train": {"seq_len": 32, "batch_tokens": 512, "micro_batch_size": 8, "cpu_threads": 1},
     "evaluation": {"count": 4, "early": 0, "batch_size": 16},
-    "checkpoint": {"interval": 4, "keep_last": 2},
+    "checkpoint": {"interval": 25, "keep_last": 2},
     "tracking": {"log_interval": 2},
 }
 
@@ -97,8 +97,8 @@ def test_fsdp_two_cpu_processes_train_save_hf_loadable(recipe_file, cache, one_p
 @pytest.mark.slow
 def test_fsdp_preempted_then_resumed_equals_uninterrupted(recipe_file, cache, tmp_path):
     ref_dir, out = tmp_path / "ref", tmp_path / "run"
-    assert launch_fsdp(recipe_file, cache, ref_dir, "multipliers=[2]").returncode == 0
-    proc = launch_fsdp(recipe_file, cache, out, "multipliers=[2]", wait=False)
+    assert launch_fsdp(recipe_file, cache, ref_dir, "multipliers=[0.3]").returncode == 0
+    proc = launch_fsdp(recipe_file, cache, out, "multipliers=[0.3]", wait=False)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and ckpt.latest_resumable(out) is None:
         time.sleep(0.05)
@@ -106,7 +106,7 @@ def test_fsdp_preempted_then_resumed_equals_uninterrupted(recipe_file, cache, tm
         os.kill(pid, signal.SIGUSR1)
     output = proc.communicate(timeout=300)[0]
     assert json.loads((out / "status.json").read_text())["outcome"] == "preempted", output[-2000:]
-    assert launch_fsdp(recipe_file, cache, out, "multipliers=[2]").returncode == 0
+    assert launch_fsdp(recipe_file, cache, out, "multipliers=[0.3]").returncode == 0
     ref, run = read_run(ref_dir), read_run(out)
     assert list(run.evals["step"]) == list(ref.evals["step"])
     assert max(abs(run.evals[VAL] - ref.evals[VAL])) < 1e-5

@@ -128,8 +128,11 @@ def build_accelerator(settings: SizeParallel, *, cpu_only: bool, mixed_precision
         log_with=log_with, fsdp_plugin=plugin,
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=timeout_minutes))])
     if plugin is not None and accelerator.distributed_type == DistributedType.MULTI_CPU:
+        from accelerate.state import PartialState
+
         accelerator.state.distributed_type = DistributedType.FSDP
         accelerator.state.fsdp_plugin = plugin
+        PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # as accelerate syncs it
     return accelerator
 
 
