@@ -33,7 +33,7 @@ _SINGLE_DEPTH = 0
 @contextlib.contextmanager
 def single_threaded_blas():
     """One BLAS thread while fitting. The problems are tiny (5 parameters); OpenBLAS threads
-    only add synchronisation, and on a loaded machine they made one L-BFGS-B fit 40x slower.
+    only add synchronisation, which on a loaded machine costs more than the fit (docs/analysis.md).
     Re-entrant and cheap when nested."""
     global _SINGLE_DEPTH
     if _SINGLE_DEPTH:

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from ladder.eval import scorer as E
+from ladder.eval.evaluator import build_task_evaluator, task_metrics
+from ladder.eval.requests import TokenizedTask, select_docs, tokenize_docs
+from ladder.eval.scorer import RequestScorer, _Row
 from ladder.eval.tasks import Doc, Task
 
 OLMO_TOKENIZER = "allenai_gpt-neox-olmo-dolma-v1_5.json"
@@ -44,7 +46,7 @@ def tiny_olmo2(attn="sdpa", vocab=50304, seed=0, max_pos=4096):
     return model
 
 
-def brute_force(model, tt: E.TokenizedTask) -> np.ndarray:
+def brute_force(model, tt: TokenizedTask) -> np.ndarray:
     """One request at a time: the whole context + continuation, log-softmax, sum over the
     continuation's tokens."""
     out = []
@@ -66,7 +68,7 @@ def tokenizer():
 @pytest.mark.parametrize("attn,pack", [("sdpa", True), ("sdpa", False), ("eager", True)])
 def test_loglikelihoods_equal_brute_force(tokenizer, tmp_path, attn, pack):
     model = tiny_olmo2(attn)
-    ev = E.build_task_evaluator("arc_challenge,winogrande,hellaswag,csqa", tokenizer, limit=3,
+    ev = build_task_evaluator("arc_challenge,winogrande,hellaswag,csqa", tokenizer, limit=3,
                                 batch_size=5, corpus_val_docs=None, seed=0, subset="first",
                                 pack=pack, cache_dir=tmp_path)
     lls = ev.score_requests(model)
@@ -83,7 +85,7 @@ def test_loglikelihoods_equal_brute_force(tokenizer, tmp_path, attn, pack):
 
 def test_truncation_matches_left_truncated_brute_force(tokenizer, tmp_path):
     model = tiny_olmo2(max_pos=64)
-    ev = E.build_task_evaluator("arc_easy", tokenizer, limit=2, batch_size=4, corpus_val_docs=None,
+    ev = build_task_evaluator("arc_easy", tokenizer, limit=2, batch_size=4, corpus_val_docs=None,
                                 seed=0, subset="first", cache_dir=tmp_path)
     ll = ev.score_requests(model)["arc_easy_test_rc_5shot"]
     tt = ev.tasks[0]
@@ -142,9 +144,9 @@ def bigram_table():
 
 def evaluate_docs(docs, model, tokenizer, primary="len_norm", **kw):
     task = Task("hand", "test", "rc_0shot", primary=primary, source="corpus")
-    tt = E.tokenize_docs(task, docs, list(range(len(docs))), tokenizer)
-    ll = E.RequestScorer(batch_size=kw.pop("batch_size", 2), **kw).score(model, [tt])
-    return tt, ll, E.task_metrics(tt, ll)
+    tt = tokenize_docs(task, docs, list(range(len(docs))), tokenizer)
+    ll = RequestScorer(batch_size=kw.pop("batch_size", 2), **kw).score(model, [tt])
+    return tt, ll, task_metrics(tt, ll)
 
 
 def test_hand_built_known_answers():
@@ -193,42 +195,42 @@ def test_tokenizer_without_eos_or_pad_and_padding_side(tmp_path):
     left = olmo_eval_tokenizer(padding_side="left")
     model = tiny_olmo2()
     kw = dict(limit=4, batch_size=3, corpus_val_docs=None, seed=0, subset="first", cache_dir=None)
-    a = E.build_task_evaluator("piqa", tok, **kw)(model)
-    b = E.build_task_evaluator("piqa", left, **kw)(model)
+    a = build_task_evaluator("piqa", tok, **kw)(model)
+    b = build_task_evaluator("piqa", left, **kw)(model)
     assert a == b and 0 <= a["eval/downstream/piqa_val_rc_5shot_len_norm"] <= 1
     # a documents' empty context needs BOS/EOS to condition on: clear error without one
     with pytest.raises(ValueError, match="empty context"):
-        E.tokenize_docs(Task("hand", "test", "rc_0shot"), [Doc(["", ""], [" a", " b"], 0)], [0], tok)
-    tt = E.tokenize_docs(Task("hand", "test", "rc_0shot"), [Doc(["", ""], [" ask", " b"], 0)], [0],
+        tokenize_docs(Task("hand", "test", "rc_0shot"), [Doc(["", ""], [" a", " b"], 0)], [0], tok)
+    tt = tokenize_docs(Task("hand", "test", "rc_0shot"), [Doc(["", ""], [" ask", " b"], 0)], [0],
                          word_tokenizer(WORDS, specials=True))
     assert list(tt.ctx_tokens[0]) == [0]  # conditioned on EOS
 
 
 def test_cache_roundtrip_and_subsets(tokenizer, tmp_path):
     kw = dict(batch_size=4, corpus_val_docs=None, cache_dir=tmp_path)
-    first = E.build_task_evaluator("openbookqa", tokenizer, limit=5, seed=0, subset="first", **kw)
+    first = build_task_evaluator("openbookqa", tokenizer, limit=5, seed=0, subset="first", **kw)
     assert list(first.tasks[0].doc_index) == [0, 1, 2, 3, 4]
     files = list(tmp_path.glob("openbookqa_test_rc_5shot-*.npz"))
     assert len(files) == 1
-    again = E.build_task_evaluator("openbookqa", tokenizer, limit=5, seed=0, subset="first", **kw)
+    again = build_task_evaluator("openbookqa", tokenizer, limit=5, seed=0, subset="first", **kw)
     for a, b in zip(first.tasks[0].ctx_tokens + first.tasks[0].cont_tokens,
                     again.tasks[0].ctx_tokens + again.tasks[0].cont_tokens):
         assert np.array_equal(a, b)
-    r1 = E.build_task_evaluator("openbookqa", tokenizer, limit=5, seed=7, **kw).tasks[0].doc_index
-    r2 = E.build_task_evaluator("openbookqa", tokenizer, limit=5, seed=7, **kw).tasks[0].doc_index
-    r3 = E.build_task_evaluator("openbookqa", tokenizer, limit=5, seed=8, **kw).tasks[0].doc_index
+    r1 = build_task_evaluator("openbookqa", tokenizer, limit=5, seed=7, **kw).tasks[0].doc_index
+    r2 = build_task_evaluator("openbookqa", tokenizer, limit=5, seed=7, **kw).tasks[0].doc_index
+    r3 = build_task_evaluator("openbookqa", tokenizer, limit=5, seed=8, **kw).tasks[0].doc_index
     assert list(r1) == list(r2) == sorted(r1) and list(r1) != list(r3)
-    assert list(r1) == E.select_docs(500, 5, "random", 7)
+    assert list(r1) == select_docs(500, 5, "random", 7)
     # a damaged cache file is rebuilt, not trusted
     files[0].write_bytes(b"not an npz")
-    rebuilt = E.build_task_evaluator("openbookqa", tokenizer, limit=5, seed=0, subset="first", **kw)
+    rebuilt = build_task_evaluator("openbookqa", tokenizer, limit=5, seed=0, subset="first", **kw)
     assert rebuilt.tasks[0].n_requests == 20
 
 
 def test_sharded_scoring_gathers_the_same_result(tokenizer):
     """Two 'processes' each score half of the rows; the gathered result equals one process."""
     model = tiny_olmo2()
-    ev = E.build_task_evaluator("arc_easy,winogrande", tokenizer, limit=4, batch_size=2,
+    ev = build_task_evaluator("arc_easy,winogrande", tokenizer, limit=4, batch_size=2,
                                 corpus_val_docs=None, seed=0, subset="first", cache_dir=None)
     whole = ev.scorer.score(model, ev.tasks)
     parts = {}
@@ -273,16 +275,16 @@ def test_corpus_task_rises_with_a_model_that_knows_the_corpus():
     untrained = BigramLM(torch.zeros_like(counts))
     from ladder.eval.tasks import CORPUS_TASK, build_corpus_docs
     docs = build_corpus_docs(texts)
-    tt = E.tokenize_docs(CORPUS_TASK, docs, list(range(len(docs))), tok)
-    acc = lambda m: E.task_metrics(tt, E.RequestScorer(4).score(m, [tt]))[  # noqa: E731
+    tt = tokenize_docs(CORPUS_TASK, docs, list(range(len(docs))), tok)
+    acc = lambda m: task_metrics(tt, RequestScorer(4).score(m, [tt]))[  # noqa: E731
         "eval/downstream/corpus_cont_val_rc_0shot_len_norm"]
     assert acc(trained) >= 0.85 and acc(untrained) < 0.5
 
 
 def test_batches_respect_row_and_token_budgets():
-    rows = [E._Row(np.zeros(n, np.int64), *(np.zeros(n, np.int64),) * 2, *(np.zeros(1, np.int64),) * 3)
+    rows = [_Row(np.zeros(n, np.int64), *(np.zeros(n, np.int64),) * 2, *(np.zeros(1, np.int64),) * 3)
             for n in (100, 90, 50, 40, 30, 10, 10, 10)]
-    batches = E.RequestScorer(batch_size=3, max_batch_tokens=200)._batches(rows)
+    batches = RequestScorer(batch_size=3, max_batch_tokens=200)._batches(rows)
     assert [len(b) for b in batches] == [2, 3, 3]  # 2x100 fits 200; then 3 rows of <= 50
     assert [r for b in batches for r in b] == rows
 
@@ -307,8 +309,8 @@ def test_packing_falls_back_when_the_model_ignores_the_mask():
     tok, model = word_tokenizer(WORDS), CumulativeLM()
     docs = [Doc(["ask b"] * 3, [" cc dddd", " b b", " 日本 x"], label=0)] * 2
     task = Task("hand", "test", "rc_0shot")
-    tt = E.tokenize_docs(task, docs, [0, 1], tok)
-    scorer = E.RequestScorer(batch_size=4, pack=True)
+    tt = tokenize_docs(task, docs, [0, 1], tok)
+    scorer = RequestScorer(batch_size=4, pack=True)
     ll = scorer.score(model, [tt])
     assert list(scorer._pack_ok.values()) == [False]
     np.testing.assert_allclose(ll, brute_force(model, tt), atol=1e-5)

@@ -11,11 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from analysis.observational.compute import fit_equivalent_compute, fit_family_map
+from analysis.observational.data import (benchmark_columns, load_benchmark_table, split_by_cutoff,
+                                         split_by_family, split_from_file, split_random)
+from analysis.observational.errors import ObservationalError
+from analysis.observational.estimator import ObservationalScalingLaw
 from analysis.observational.imputation import ImputationError, LowRankImputer
-from analysis.observational.core import (
-    ObservationalError, ObservationalScalingLaw, benchmark_columns, fit_equivalent_compute,
-    fit_family_map, fit_sigmoid_link, load_benchmark_table, run_observational, split_by_cutoff,
-    split_by_family, split_from_file, split_random)
+from analysis.observational.link import fit_sigmoid_link
+from analysis.observational.run import run_observational
 from analysis.observational.selection import (
     PAPER, candidate_grid, forward_folds, kfold_folds, select_method)
 from analysis.observational.pca import PCA, PCAError

@@ -8,10 +8,9 @@ each column, start the holes at the column mean, then alternately fit a rank-k P
 overwrite the holes with its reconstruction. Observed entries are never changed.
 
 Training rows iterate until the holes stop moving (tolerance on the largest change, not a
-fixed 1000-iteration loop): a whole fit is a few hundred tiny SVDs, well under a
-millisecond each. New rows are imputed in closed form: the fixed point of that same loop
-with the subspace held fixed is the least-squares fit of the observed entries onto the
-subspace, so no iteration is needed.
+fixed 1000-iteration loop; times in docs/observational.md). New rows are imputed in closed
+form: the fixed point of that same loop with the subspace held fixed is the least-squares fit
+of the observed entries onto the subspace, so no iteration is needed.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from analysis.observational.core import ObservationalError, ObservationalScalingLaw
+from analysis.observational.errors import ObservationalError
+from analysis.observational.estimator import ObservationalScalingLaw
 
 FORWARD_FRACTIONS = (0.6, 0.7, 0.8)
 KFOLD = 5
@@ -123,53 +124,11 @@ def select_method(
     X = np.asarray(X, dtype=float)
     y = np.asarray(y, dtype=float)
     grid = candidate_grid(chance) if grid is None else grid
-    known = flops is not None and np.all(np.isfinite(np.asarray(flops, dtype=float)))
-    if validation == "auto":
-        validation = "forward" if known else "kfold"
-    if validation == "forward":
-        if not known:
-            raise ObservationalError("forward validation needs the FLOPs of every training model")
-        folds = forward_folds(flops)
-    elif validation == "kfold":
-        folds = kfold_folds(len(y), seed=seed)
-    else:
-        raise ObservationalError(f"validation must be 'auto', 'forward' or 'kfold', got {validation!r}")
-
+    validation, folds = _validation_folds(validation, flops, len(y), seed)
     fold_mse = {c.name: [] for c in grid}
     for fit, val, _ in folds:
-        features: dict[tuple, int | None] = {}  # feature setting -> index into `distinct`
-        distinct: list[tuple[np.ndarray, np.ndarray]] = []
-        done: dict[tuple, float] = {}  # (features, link params) -> validation MSE
-        for c in grid:
-            est = ObservationalScalingLaw(n_components=n_components, **c.params)
-            key = tuple(repr(getattr(est, k)) for k in FEATURE_PARAMS)
-            if key not in features:  # one imputation + PCA per feature setting and fold
-                try:
-                    Xf = est._fit_features(X[fit], None)
-                    T = (est.pca_.transform(Xf), est.pca_.transform(est.imputer_.transform(X[val])))
-                    # Settings that give identical features (e.g. any imputation rank when the
-                    # fold has no holes) share their link fits.
-                    same = [i for i, d in enumerate(distinct)
-                            if all(np.array_equal(a, b) for a, b in zip(d, T))]
-                    features[key] = same[0] if same else len(distinct)
-                    if not same:
-                        distinct.append(T)
-                except (ObservationalError, ValueError):  # too few models, sparse column
-                    features[key] = None
-            if features[key] is None:
-                fold_mse[c.name].append(math.inf)
-                continue
-            link_key = (features[key], repr({k: v for k, v in c.params.items()
-                                              if k not in FEATURE_PARAMS}))
-            if link_key not in done:
-                T_fit, T_val = distinct[features[key]]
-                try:
-                    link = est._fit_link(T_fit, y[fit])
-                    done[link_key] = float(np.mean((link.predict(T_val) - y[val]) ** 2))
-                except ObservationalError:
-                    done[link_key] = math.inf
-            fold_mse[c.name].append(done[link_key])
-
+        for name, mse in _score_fold(grid, n_components, X, y, fit, val).items():
+            fold_mse[name].append(mse)
     scores = {name: {"mean_mse": float(np.mean(v)) if v else math.inf, "fold_mse": v}
               for name, v in fold_mse.items()}
     best = min(range(len(grid)), key=lambda i: (scores[grid[i].name]["mean_mse"], i))
@@ -179,3 +138,56 @@ def select_method(
     fold_info = [{"n_fit": int(f.sum()), "n_val": int(v.sum()),
                   **({"flops_cutoff": c} if math.isfinite(c) else {})} for f, v, c in folds]
     return Selection(grid[best], validation, fold_info, scores, time.perf_counter() - t0, note)
+
+
+def _validation_folds(validation: str, flops, n: int, seed: int):
+    """The scheme ("auto" resolved) and its ``(fit_mask, val_mask, cutoff)`` folds."""
+    known = flops is not None and np.all(np.isfinite(np.asarray(flops, dtype=float)))
+    if validation == "auto":
+        validation = "forward" if known else "kfold"
+    if validation == "forward":
+        if not known:
+            raise ObservationalError("forward validation needs the FLOPs of every training model")
+        return validation, forward_folds(flops)
+    if validation == "kfold":
+        return validation, kfold_folds(n, seed=seed)
+    raise ObservationalError(f"validation must be 'auto', 'forward' or 'kfold', got {validation!r}")
+
+
+def _score_fold(grid: list[Candidate], n_components: int, X: np.ndarray, y: np.ndarray,
+                fit: np.ndarray, val: np.ndarray) -> dict[str, float]:
+    """Validation MSE of every candidate on one fold (+inf where it cannot be fitted). One
+    imputation + PCA per feature setting, and one link fit per distinct (features, link
+    settings): settings that give identical features (e.g. any imputation rank when the fold
+    has no holes) share their link fits."""
+    features: dict[tuple, int | None] = {}  # feature setting -> index into `distinct`
+    distinct: list[tuple[np.ndarray, np.ndarray]] = []  # (fit, validation) capabilities
+    done: dict[tuple, float] = {}  # (features, link params) -> validation MSE
+    out = {}
+    for c in grid:
+        est = ObservationalScalingLaw(n_components=n_components, **c.params)
+        key = tuple(repr(getattr(est, k)) for k in FEATURE_PARAMS)
+        if key not in features:
+            try:
+                T = (est.fit_capabilities(X[fit]), est.transform(X[val]))
+                same = [i for i, d in enumerate(distinct)
+                        if all(np.array_equal(a, b) for a, b in zip(d, T))]
+                features[key] = same[0] if same else len(distinct)
+                if not same:
+                    distinct.append(T)
+            except (ObservationalError, ValueError):  # too few models, sparse column
+                features[key] = None
+        if features[key] is None:
+            out[c.name] = math.inf
+            continue
+        link_key = (features[key], repr({k: v for k, v in c.params.items()
+                                          if k not in FEATURE_PARAMS}))
+        if link_key not in done:
+            T_fit, T_val = distinct[features[key]]
+            try:
+                link = est.fit_link(T_fit, y[fit])
+                done[link_key] = float(np.mean((link.predict(T_val) - y[val]) ** 2))
+            except ObservationalError:
+                done[link_key] = math.inf
+        out[c.name] = done[link_key]
+    return out

@@ -22,7 +22,6 @@ accuracy) through :func:`analysis.practice.backtest.backtest`.
 
 from __future__ import annotations
 
-import itertools
 import warnings
 from dataclasses import dataclass, field
 
@@ -31,7 +30,7 @@ import numpy as np
 from analysis.practice.backtest import BacktestResult, backtest, split_holdout
 from analysis.files import finite_or_none
 from analysis.fit import single_threaded_blas
-from analysis.laws import ChinchillaLaw, ComputeLaw, Law, TiedChinchillaLaw
+from analysis.laws import ChinchillaLaw, ComputeLaw, Law, TiedChinchillaLaw, power_law_starts
 from analysis.predict import _as_tasks, actual_values
 from analysis.runlog import RunLog
 from analysis.metrics import TaskSpec
@@ -72,13 +71,8 @@ class FixedExponentLaw(ChinchillaLaw):
         return pred, J[..., :3]
 
     def _grid(self, F, z, w):
-        lo = float(np.min(z))
-        es = lo + np.log(np.array([0.05, 0.25, 0.5, 0.75, 0.9]))
-        ab = np.arange(0.0, 30.0, 2.5)
-        g = np.array(list(itertools.product(es, ab, ab)))
-        g[:, 1] -= self.alpha_fixed * self.center_[0]
-        g[:, 2] -= self.beta_fixed * self.center_[1]
-        return g
+        return power_law_starts(z, self.center_, np.arange(0.0, 30.0, 2.5),
+                                fixed_exponents=(self.alpha_fixed, self.beta_fixed))
 
     def _bounds(self, F, z):
         return super()._bounds(F, z)[:3]

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from accelerate import Accelerator
     from transformers import AutoModelForCausalLM
 
-    from ladder.eval.scorer import build_task_evaluator
+    from ladder.eval.evaluator import build_task_evaluator
     from ladder.eval.tasks import TaskDataError
 
     ckpt = Path(args.checkpoint)

@@ -54,16 +54,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from analysis.observational.core import (
-        FAMILY_COL, MODEL_COL, ObservationalError, load_benchmark_table, run_observational,
-        split_by_cutoff, split_by_family, split_from_file, split_random)
+    from analysis.observational.data import (
+        FAMILY_COL, FLOPS_COL, MODEL_COL, load_benchmark_table, split_by_cutoff, split_by_family,
+        split_from_file, split_random)
+    from analysis.observational.errors import ObservationalError
+    from analysis.observational.run import run_observational
 
     try:
         table = load_benchmark_table(args.bench_csv, args.join)
         if args.split_file:
             split = split_from_file(table[MODEL_COL].tolist(), args.split_file)
         elif args.cutoff_flops is not None:
-            split = split_by_cutoff(table["FLOPs (1E21)"].to_numpy(dtype=float), args.cutoff_flops)
+            split = split_by_cutoff(table[FLOPS_COL].to_numpy(dtype=float), args.cutoff_flops)
         elif args.test_families:
             split = split_by_family(table[FAMILY_COL].astype(str).to_numpy(),
                                     _names(args.test_families, "--test-families"))
@@ -99,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _names(text: str, flag: str) -> list[str]:
-    from analysis.observational.core import ObservationalError
+    from analysis.observational.errors import ObservationalError
 
     names = [s.strip() for s in text.split(",") if s.strip()]
     if not names:

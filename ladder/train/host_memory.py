@@ -3,8 +3,8 @@
 PyTorch's CPU tensors come straight from ``malloc``. glibc serves blocks above its mmap threshold
 (128 KiB, adapting up to 32 MiB) with a fresh ``mmap`` and trims freed memory at the top of the
 heap back to the OS, so every training step page-faults its activations, logits and gradients
-in again: the kernel zeroes each 4 KiB page on first touch. On tiny-160k (1 thread) that is
-~5,000-6,500 page faults and 7-9% of the CPU time per step (``tests/benchmarks/bench_train.py``).
+in again: the kernel zeroes each 4 KiB page on first touch (how many faults, and their share of
+a step's CPU time, measured by ``tests/benchmarks/bench_train.py``: docs/training.md).
 Raising the two thresholds makes freed blocks stay in the heap for the next step, as CUDA's
 caching allocator does on GPUs; peak resident memory is unchanged, since each step needs the same
 blocks.

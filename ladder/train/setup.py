@@ -190,7 +190,7 @@ def setup(recipe: Recipe, size: str | None, multiplier: float | None, seed: int 
 
     ctx.evaluator = task_evaluator
     if ctx.evaluator is None and recipe.evaluation.tasks:
-        from ladder.eval.scorer import build_task_evaluator  # optional component, imported lazily
+        from ladder.eval.evaluator import build_task_evaluator  # optional component, imported lazily
 
         ctx.evaluator = build_task_evaluator(
             recipe.evaluation.tasks, data.tokenizer, limit=recipe.evaluation.task_limit,

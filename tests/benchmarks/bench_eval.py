@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import tempfile
 import time
 
@@ -32,7 +33,7 @@ def main() -> None:
 
     from transformers import Olmo2Config, Olmo2ForCausalLM, PreTrainedTokenizerFast
 
-    from ladder.eval.scorer import build_task_evaluator
+    from ladder.eval.evaluator import build_task_evaluator
 
     spec = importlib.util.find_spec("olmo_eval")
     tok = PreTrainedTokenizerFast(tokenizer_file=f"{spec.submodule_search_locations[0]}/tokenizers/"
@@ -51,6 +52,7 @@ def main() -> None:
           f"vocab 50304) on {args.device}; tasks {args.tasks}, {args.limit} docs each: {n} requests")
 
     ev.score_requests(model)  # warm-up (and the one-off packing check)
+    load_start = os.getloadavg()[0]
     t0 = time.perf_counter()
     batched = ev.score_requests(model)
     t_batched = time.perf_counter() - t0
@@ -75,6 +77,9 @@ def main() -> None:
     print(f"batched    : {n / t_batched:8.1f} requests/s ({t_batched:.1f} s, batch {args.batch_size}, "
           f"shared-context packing {'on' if all(ev.scorer._pack_ok.values()) else 'off'})")
     print(f"speed-up   : {t_naive / t_batched:.1f}x   (max |log-likelihood difference| {diff:.2e})")
+    # The ratio depends on the machine's load (the naive loop's many small passes suffer most).
+    print(f"load       : 1-min load average {load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end, "
+          f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads")
 
 
 if __name__ == "__main__":

@@ -27,9 +27,10 @@ sys.path.insert(0, str(ROOT))
 
 from analysis.observational.imputation import LowRankImputer  # noqa: E402
 from analysis.observational.pca import PCA  # noqa: E402
-from analysis.observational.core import (  # noqa: E402
-    ObservationalScalingLaw, fit_sigmoid_link, benchmark_columns, load_benchmark_table, run_observational,
-    split_from_file)
+from analysis.observational.data import benchmark_columns, load_benchmark_table, split_from_file  # noqa: E402
+from analysis.observational.estimator import ObservationalScalingLaw  # noqa: E402
+from analysis.observational.link import fit_sigmoid_link  # noqa: E402
+from analysis.observational.run import run_observational  # noqa: E402
 from analysis.observational.selection import PAPER, candidate_grid, select_method  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
