@@ -41,7 +41,7 @@ def evaluate_run(run_dir: Path, tasks: str, *, limit: int | None, batch_size: in
 
     from analysis.files import atomic_write_text
     from analysis.runlog import METRICS_JSONL, read_metrics_jsonl
-    from ladder.eval.scorer import build_task_evaluator
+    from ladder.eval.evaluator import build_task_evaluator
     from ladder.exit_codes import RUNNING
     from ladder.train import checkpoint as ckpt
     from ladder.train.status import read_status

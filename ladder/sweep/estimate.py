@@ -97,7 +97,8 @@ def eval_share(plan, task_tokens: int | None) -> EvalShare:
 
 def measure_task_tokens(tasks: str, tokenizer, *, limit: int | None, seed: int, max_len: int) -> int:
     """Tokens the scorer runs per evaluation of ``tasks`` (packed rows, as in the loop)."""
-    from ladder.eval.scorer import build_rows, default_cache_dir, prepare_task, tokenizer_fingerprint
+    from ladder.eval.requests import default_cache_dir, prepare_task, tokenizer_fingerprint
+    from ladder.eval.scorer import build_rows
     from ladder.eval.tasks import resolve_task_groups
 
     tok_fp = tokenizer_fingerprint(tokenizer)
