@@ -121,7 +121,11 @@ def _children(pid: int) -> list[int]:
 
 
 def test_bf16_autocast_on_cpu_trains_and_evaluates_under_it(cache, tmp_path):
+    from accelerate.state import AcceleratorState
+
     from ladder.train.loop import train
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # an earlier in-process run's fp32 state
 
     seen = []
 
