@@ -52,7 +52,8 @@ def run_local(jobs: list[Job], log_dir: Path, *, parallel: int = 1, max_retries:
     After each attempt the run's status file decides (:func:`ladder.exit_codes.next_action`):
     a preempted rung is restarted without counting as a failure, a crashed one is retried up to
     ``max_retries`` times (resuming from its checkpoint), bad input and divergence never.
-    Ctrl-C stops every rung; a rerun of the sweep resumes them."""
+    Ctrl-C stops every rung; a rerun of the sweep resumes them. (One function over ~60 lines:
+    the scheduling state, pending/running/slots/attempts, lives in this one loop.)"""
     from ladder.sweep.rundir import run_state
     from ladder.train.status import clear_status, read_status
 
