@@ -11,12 +11,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from analysis.files import json_safe
 from analysis.parallel import parallel_map
 from analysis.runlog import RunLog
 from analysis.metrics import TaskSpec, resolve_tasks
 from analysis.twostep import (TaskModel, TwoStepConfig, feature_columns, fit_task, task_accuracy,
                               task_feature)
-from analysis.uncertainty import bootstrap_interval
+from analysis.calibration import Calibration, extrapolation
+from analysis.trust import grade_task, task_noise
+from analysis.uncertainty import bootstrap_samples, interval_from
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,16 @@ class Prediction:
     model: TaskModel | None = None  # not serialised
     samples: np.ndarray | None = None  # interval samples (for plots), not serialised
     interval: object | None = None  # analysis.uncertainty.Interval, not serialised
+    raw_low: float | None = None  # the run bootstrap's interval before calibration
+    raw_high: float | None = None
+    dn: float = 0.0  # ln(N / largest N fitted), 0 inside the ladder
+    dt: float = 0.0  # ln(tokens per parameter / largest fitted), 0 inside the ladder
+    interval_info: dict = field(default_factory=dict)  # level, how it was calibrated
+    grade: object | None = None  # analysis.trust.Grade
+
+    @property
+    def grade_name(self) -> str:
+        return self.grade.grade if self.grade is not None else "—"
 
     def to_json(self, details: bool = True) -> dict:
         out = {"task": self.task, "target": self.target, "pred_acc": self.pred_acc,
@@ -57,12 +70,17 @@ class Prediction:
         if self.actual_acc is not None or self.actual_loss is not None:
             out["actual_acc"] = self.actual_acc
             out["actual_loss"] = self.actual_loss
+        if self.grade is not None:
+            out["grade"] = self.grade.grade
         if details:
+            out.update({"interval": self.interval_info,
+                        "extrapolation": {"log_n_beyond_ladder": self.dn,
+                                          "log_tokens_per_param_beyond_ladder": self.dt},
+                        "trust": self.grade.to_json() if self.grade is not None else None})
             out.update({"loss_metric": self.loss_metric, "target_n": self.target_n, "target_d": self.target_d,
                         "pred_loss_low": self.pred_loss_low, "pred_loss_high": self.pred_loss_high,
                         "converged": self.converged, "warnings": self.warnings, "fits": self.fits})
-        return {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
-                for k, v in out.items()}
+        return json_safe(out)
 
 
 def loss_metric_name(task: TaskSpec, feature: str) -> str:
@@ -99,18 +117,31 @@ def predict_targets(runs: list[RunLog], targets: list[Target], tasks="paper",
                     config: TwoStepConfig = TwoStepConfig(), *,
                     actuals: dict[str, RunLog] | None = None, intervals: bool = True,
                     n_boot: int = 200, seed: int = 0, keep_samples: bool = False,
-                    warn=None, workers: int | None = None) -> list[Prediction]:
-    """Fit each task once on ``runs`` and predict every target. Non-converged fits are
-    reported in ``Prediction.warnings``/``converged`` and through ``warn`` (default: stderr)."""
+                    warn=None, workers: int | None = None,
+                    calibration: Calibration | None = None, grades: bool = True) -> list[Prediction]:
+    """Fit each task once on ``runs`` and predict every target. Intervals: one run bootstrap
+    per task for all targets, widened by ``calibration`` when given (else the raw bootstrap,
+    labelled uncalibrated). Non-converged fits are reported in ``Prediction.warnings``/
+    ``converged`` and through ``warn`` (default: stderr)."""
     warn = warn or (lambda m: print(f"warning: {m}", file=sys.stderr))
     actuals = actuals or {}
     items = list(_as_tasks(tasks).items())
+    fit_n = [float(r.n) for r in runs]
+    fit_d = [float(r.d) for r in runs]
 
     def one_task(item):
         name, task = item
         model = fit_task(runs, task, config)
-        return [_predict_one(model, name, task, target, actuals.get(target.name), intervals,
-                             n_boot, seed, keep_samples, lambda m: None) for target in targets]
+        preds = [_point(model, name, task, t, actuals.get(t.name), fit_n, fit_d) for t in targets]
+        if intervals:
+            _add_intervals(model, preds, targets, actuals, n_boot, seed, keep_samples, calibration)
+        if grades:
+            g = grade_task(name, task_noise(runs, task, config.feature, config.last),
+                           calibration=calibration, converged=model.converged,
+                           dropped_frac=preds[0].interval_info.get("dropped_frac", 0.0))
+            for p in preds:
+                p.grade = g
+        return preds
 
     out = []
     for preds in parallel_map(one_task, items, workers):
@@ -121,7 +152,7 @@ def predict_targets(runs: list[RunLog], targets: list[Target], tasks="paper",
     return out
 
 
-def _predict_one(model, name, task, target, actual, intervals, n_boot, seed, keep_samples, warn):
+def _point(model, name, task, target, actual, fit_n, fit_d) -> Prediction:
     config = model.config
     acc = float(model.predict_acc(target.n, target.d)[0])
     loss = float(model.predict_loss(target.n, target.d)[0]) if model.single is None else float("nan")
@@ -129,24 +160,43 @@ def _predict_one(model, name, task, target, actual, intervals, n_boot, seed, kee
                    target_d=float(target.d), converged=model.converged,
                    loss_metric=loss_metric_name(task, config.feature),
                    warnings=list(model.warnings), fits=model.diagnostics(), model=model)
+    p.dn, p.dt = extrapolation(fit_n, fit_d, float(target.n), float(target.d))
     if actual is not None:
         p.actual_acc, p.actual_loss = actual_values(actual, task, config.feature, config.last)
-    if intervals:
-        n_eval = min(config.last, len(actual.evals)) if actual is not None else config.last
-        iv = bootstrap_interval(model, target.n, target.d, n_boot=n_boot, seed=seed,
-                                n_actual_evals=n_eval, keep_samples=keep_samples)
-        p.pred_acc_low, p.pred_acc_high = min(iv.low, acc), max(iv.high, acc)
+    return p
+
+
+def _add_intervals(model, preds, targets, actuals, n_boot, seed, keep_samples, calibration):
+    """Raw bootstrap interval of every target from one bootstrap, then the calibration."""
+    last = model.config.last
+    # the noise term assumes each actual averages `last` evaluations (fewer if its log is short)
+    n_eval = min([last] + [len(a.evals) for t in targets if (a := actuals.get(t.name)) is not None])
+    bs = bootstrap_samples(model, [t.n for t in targets], [t.d for t in targets], n_boot=n_boot,
+                           seed=seed, n_actual_evals=n_eval)
+    for j, p in enumerate(preds):
+        iv = interval_from(bs, j, keep_samples=keep_samples)
+        acc = p.pred_acc
+        p.raw_low, p.raw_high = min(iv.low, acc), max(iv.high, acc)
         p.pred_loss_low, p.pred_loss_high = iv.loss_low, iv.loss_high
+        info = {"level": 0.9, "raw_low": p.raw_low, "raw_high": p.raw_high,
+                "dropped_frac": 1 - iv.n_used / iv.n_boot}
+        if calibration is not None:
+            lo, hi = calibration.widen(p.task, acc, p.raw_low, p.raw_high, p.dn, p.dt)
+            p.pred_acc_low, p.pred_acc_high = max(lo, 0.0), min(hi, 1.0)
+            info.update(level=calibration.level, calibrated=True, method=calibration.describe(),
+                        k_task=calibration.task_k.get(p.task, calibration.k))
+        else:
+            p.pred_acc_low, p.pred_acc_high = p.raw_low, p.raw_high
+            info.update(calibrated=False, method="run bootstrap only, NOT calibrated: in-ladder "
+                        "backtests show it under-covers when extrapolating (docs/analysis.md)")
+        p.interval_info = info
         p.fits["interval"] = {"n_boot": iv.n_boot, "n_converged": iv.n_used,
                               "checkpoint_noise_sd": iv.noise_sd}
         if iv.n_used < iv.n_boot:
-            m = (f"{name}: {iv.n_boot - iv.n_used}/{iv.n_boot} bootstrap refits did not "
-                 f"converge and were dropped from the interval")
-            p.warnings.append(m)
-            warn(m)
+            p.warnings.append(f"{p.task}: {iv.n_boot - iv.n_used}/{iv.n_boot} bootstrap refits did "
+                              f"not converge and were dropped from the interval")
         p.samples = iv.samples
         p.interval = iv
-    return p
 
 
 def mean_abs_error(preds: list[Prediction]) -> float | None:

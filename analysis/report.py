@@ -30,7 +30,7 @@ def markdown_table(preds: list[Prediction], reference: dict[str, tuple[float, fl
     """Accuracy in points (x100). ``reference``: task -> (actual, predicted) of another method,
     in points, shown side by side."""
     has_actual = any(p.actual_acc is not None for p in preds)
-    head = ["task", "target", "predicted", "90% interval", "pred. loss"]
+    head = ["task", "target", "grade", "predicted", "90% interval", "pred. loss"]
     if has_actual:
         head += ["actual", "error", "actual loss", "in interval"]
     if reference:
@@ -38,7 +38,8 @@ def markdown_table(preds: list[Prediction], reference: dict[str, tuple[float, fl
     head += ["fits"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in preds:
-        row = [p.task, p.target, _pts(p.pred_acc), f"[{_pts(p.pred_acc_low)}, {_pts(p.pred_acc_high)}]",
+        row = [p.task, p.target, p.grade_name, _pts(p.pred_acc),
+               f"[{_pts(p.pred_acc_low)}, {_pts(p.pred_acc_high)}]",
                f"{p.pred_loss:.4f}" if math.isfinite(p.pred_loss) else "—"]
         if has_actual:
             if p.actual_acc is not None:
@@ -60,6 +61,14 @@ def markdown_table(preds: list[Prediction], reference: dict[str, tuple[float, fl
         lines.append(f"Mean absolute error: {100 * np.mean(errs):.2f} points; "
                      f"max {100 * np.max(errs):.2f}; interval coverage {cov:.0%}; median interval "
                      f"width {100 * np.median([p.pred_acc_high - p.pred_acc_low for p in preds]):.2f} points.")
+    info = next((p.interval_info for p in preds if p.interval_info), None)
+    if info:
+        lines += ["", f"Intervals: {info['method']}."]
+    graded = [p for p in preds if p.grade is not None and p.grade.grade != "reliable"]
+    if graded:
+        lines += ["", "Trust grades other than reliable:"]
+        lines += [f"- {p.task}: **{p.grade.grade}**: {'; '.join(p.grade.reasons)}"
+                  for p in {p.task: p for p in graded}.values()]
     return "\n".join(lines) + "\n"
 
 
@@ -172,8 +181,12 @@ def plot_step1(preds: list[Prediction], path) -> Path:
         ax.errorbar(6 * tn * td, p.pred_loss, yerr=yerr, fmt="*", color="crimson", ms=10, capsize=3, zorder=4)
         if p.actual_loss is not None:
             ax.scatter(6 * tn * td, p.actual_loss, marker="X", color="black", s=30, zorder=5)
-        _style(ax, p.task, "compute 6ND (FLOPs)", _feature_label(m.config.feature), True)
+        _style(ax, _title(p), "compute 6ND (FLOPs)", _feature_label(m.config.feature), True)
     return _finish(fig, _legend_handles(colors, any(p.actual_loss is not None for p in preds)), path)
+
+
+def _title(p: Prediction) -> str:
+    return p.task if p.grade is None else f"{p.task} ({p.grade.grade})"
 
 
 def _feature_label(feature: str) -> str:
@@ -208,7 +221,7 @@ def plot_step2(preds: list[Prediction], path) -> Path:
                         fmt="*", color="crimson", ms=10, capsize=3, zorder=4)
         if p.actual_acc is not None:
             ax.scatter(p.actual_loss, p.actual_acc, marker="X", color="black", s=30, zorder=5)
-        _style(ax, p.task, _feature_label(m.config.feature), "accuracy", False)
+        _style(ax, _title(p), _feature_label(m.config.feature), "accuracy", False)
     return _finish(fig, _legend_handles(colors, any(p.actual_acc is not None for p in preds)), path)
 
 
@@ -236,7 +249,7 @@ def plot_chained(preds: list[Prediction], path) -> Path:
                     fmt="*", color="crimson", ms=10, capsize=3, zorder=4)
         if p.actual_acc is not None:
             ax.scatter(6 * tn * td, p.actual_acc, marker="X", color="black", s=30, zorder=5)
-        _style(ax, p.task, "compute 6ND (FLOPs)", "accuracy", True)
+        _style(ax, _title(p), "compute 6ND (FLOPs)", "accuracy", True)
     return _finish(fig, _legend_handles(colors, any(p.actual_acc is not None for p in preds)), path)
 
 
@@ -261,14 +274,21 @@ def write_report(preds: list[Prediction], out_dir, title: str, config=None, plot
     return files
 
 
-def backtest_markdown(results, *, intervals: bool = False) -> str:
-    """backtest.md: per held-out scenario, the mean error and each prediction against its actual."""
+def backtest_markdown(results, *, coverage: dict | None = None) -> str:
+    """backtest.md: per held-out scenario, the mean error and each prediction against its actual;
+    with ``coverage`` (scenario -> leave-one-scenario-out figures) the calibrated coverage."""
     md = ["# Backtest\n"]
+    coverage = coverage or {}
     for r in results:
         md.append(f"\n## Held out: {', '.join(r.holdout)}\n")
+        c = coverage.get("+".join(r.holdout)) or {}
+        cov = ""
+        if c.get("coverage") is not None:
+            cov = (f", 90% interval coverage {c['coverage']:.2f} calibrated without this scenario "
+                   f"(median width {100 * c['median_width']:.2f} points; raw bootstrap "
+                   f"{c['coverage_raw']:.2f}, {100 * c['median_width_raw']:.2f} points)")
         md.append(f"\nMean absolute error {100 * r.mae():.2f} points (task loss {r.loss_mae():.4f}, "
-                  f"ARE {100 * r.loss_are():.2f}%)"
-                  + (f", interval coverage {r.coverage():.0%}" if intervals else "") + ".\n\n")
+                  f"ARE {100 * r.loss_are():.2f}%)" + cov + ".\n\n")
         md.append("| task | target | predicted | actual | error | fits |\n|---|---|---|---|---|---|\n")
         for p in r.predictions:
             md.append(f"| {p.task} | {p.target} | {100 * p.pred_acc:.2f} | {100 * p.actual_acc:.2f} | "

@@ -49,6 +49,10 @@ PAPER_TARGET_D = {
 }
 TOKENS_PER_PARAM = 20  # 1xC = 20 tokens per parameter (Chinchilla)
 
+NO_TOKENS = ("{source}: no tokens column ('throughput/total_tokens'): a ladder run needs the "
+             "tokens seen at each evaluation. Export that column, add 'batch_size_in_tokens', or "
+             "give the tokens per optimizer step (--tokens-per-step N)")
+
 # Column renames applied to the OLMo-ladder W&B export.
 _OLMO_COLUMNS = {"_step": STEP, "throughput/total_tokens": TOKENS}
 
@@ -107,7 +111,7 @@ class RunLog:
     @property
     def d(self) -> float:
         """Tokens the run reached (its last evaluation)."""
-        return float(self.evals[TOKENS].iloc[-1])
+        return float(self.column(TOKENS)[-1])
 
     def has(self, column: str) -> bool:
         return column in self.evals.columns
@@ -115,6 +119,8 @@ class RunLog:
     def column(self, column: str) -> np.ndarray:
         """A metric column as floats; errors name the file and the column."""
         if column not in self.evals.columns:
+            if column == TOKENS:
+                raise RunLogError(NO_TOKENS.format(source=self.source))
             raise RunLogError(f"{self.source}: missing column '{column}'")
         values = pd.to_numeric(self.evals[column], errors="coerce").to_numpy(dtype=float)
         bad = np.flatnonzero(~np.isfinite(values))
@@ -132,22 +138,23 @@ class RunLog:
 # ---------------------------------------------------------------------------- reading
 
 
-def read_run(path: str | os.PathLike) -> RunLog:
-    """Read a run directory (run.json + metrics.jsonl) or an OLMo-ladder W&B CSV."""
+def read_run(path: str | os.PathLike, tokens_per_step: float | None = None) -> RunLog:
+    """Read a run directory (run.json + metrics.jsonl) or an OLMo-ladder W&B CSV
+    (``tokens_per_step``: for a CSV without a tokens column, see :func:`read_olmo_csv`)."""
     p = Path(path)
     if p.is_dir():
         return read_run_dir(p)
     if not p.exists():
         raise RunLogError(f"{p}: no such file or directory")
     if p.suffix == ".csv":
-        return read_olmo_csv(p)
+        return read_olmo_csv(p, tokens_per_step=tokens_per_step)
     if p.name == RUN_JSON or p.name == METRICS_JSONL:
         return read_run_dir(p.parent)
     raise RunLogError(f"{p}: expected a run directory or an OLMo-ladder .csv export")
 
 
-def read_runs(paths: Iterable[str | os.PathLike]) -> list[RunLog]:
-    runs = [read_run(p) for p in paths]
+def read_runs(paths: Iterable[str | os.PathLike], tokens_per_step: float | None = None) -> list[RunLog]:
+    runs = [read_run(p, tokens_per_step) for p in paths]
     names = [r.name for r in runs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -180,23 +187,42 @@ def parse_run_name(name: str) -> dict[str, Any]:
     return out
 
 
-def read_olmo_csv(path: str | os.PathLike, meta: RunMeta | None = None) -> RunLog:
-    """Import one run of the OLMo-ladder W&B history export (one row per evaluation)."""
+def read_olmo_csv(path: str | os.PathLike, meta: RunMeta | None = None,
+                  tokens_per_step: float | None = None) -> RunLog:
+    """Import one run of a W&B history export (the OLMo ladder's: one row per evaluation).
+
+    Tokens: the 'throughput/total_tokens' column; else accumulated from '_step' and
+    'batch_size_in_tokens'; else '_step' x ``tokens_per_step``; else the run has no tokens, which
+    is enough for a target's actual (the mean of its last evaluations) and an error, saying how to
+    supply them, wherever tokens are needed. Rows without any 'eval/' value (training-step rows
+    of a plain W&B export) are not evaluations and are dropped; rows are ordered by step."""
     p = Path(path)
     try:
         df = pd.read_csv(p)
     except Exception as e:  # pandas raises many types; the user needs the file name
         raise RunLogError(f"{p}: cannot read as CSV ({e})") from e
-    if "throughput/total_tokens" not in df.columns:
-        raise RunLogError(f"{p}: missing column 'throughput/total_tokens' (tokens seen)")
+    evals = [c for c in df.columns if c.startswith("eval/")]
+    if evals and len(df):
+        df = df[df[evals].notna().any(axis=1)]
     df = df.rename(columns=_OLMO_COLUMNS)
+    has_tokens = TOKENS in df.columns
+    if not has_tokens and STEP not in df.columns:
+        raise RunLogError(f"{p}: missing columns '_step' and 'throughput/total_tokens' (need "
+                          f"one of them to order the evaluations)")
+    if STEP in df.columns:
+        df = df.sort_values(STEP, kind="stable")
+    batch = df.get("batch_size_in_tokens")
+    if not has_tokens and batch is not None:
+        steps = pd.to_numeric(df[STEP], errors="coerce").to_numpy(float)
+        df[TOKENS] = np.cumsum(np.diff(steps, prepend=0.0) * pd.to_numeric(batch).to_numpy(float))
+    elif not has_tokens and tokens_per_step is not None:
+        df[TOKENS] = pd.to_numeric(df[STEP], errors="coerce") * float(tokens_per_step)
     if STEP not in df.columns:  # the target export has no _step column
-        batch = df.get("batch_size_in_tokens")
         df[STEP] = (df[TOKENS] / batch).round().astype("int64") if batch is not None else np.arange(len(df))
     if meta is None:
         meta = RunMeta(name=p.stem, **parse_run_name(p.stem))
-        if "batch_size_in_tokens" in df.columns and len(df):
-            meta.batch_tokens = int(df["batch_size_in_tokens"].iloc[-1])
+        if batch is not None and len(df):
+            meta.batch_tokens = int(batch.iloc[-1])
     return _validated(RunLog(meta=meta, evals=df, source=str(p)), "throughput/total_tokens")
 
 
@@ -240,18 +266,21 @@ def read_metrics_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _validated(run: RunLog, tokens_name: str = TOKENS) -> RunLog:
-    """``tokens_name``: the tokens column as the input file names it (for error messages)."""
+    """``tokens_name``: the tokens column as the input file names it (for error messages). A
+    W&B export may lack tokens (see :func:`read_olmo_csv`); its steps must then increase."""
     df = run.evals
-    for col in (STEP, TOKENS):
-        if col not in df.columns:
-            raise RunLogError(f"{run.source}: missing column '{col}'")
-    tokens = pd.to_numeric(df[TOKENS], errors="coerce").to_numpy(dtype=float)
-    if len(tokens) and not np.all(np.isfinite(tokens)):
-        raise RunLogError(f"{run.source}: column '{tokens_name}' has NaN/non-numeric values")
-    if len(tokens) > 1 and np.any(np.diff(tokens) <= 0):
-        i = int(np.flatnonzero(np.diff(tokens) <= 0)[0])
-        raise RunLogError(f"{run.source}: column '{tokens_name}' is not increasing "
-                          f"(row {i + 2}: {tokens[i + 1]:.6g} after {tokens[i]:.6g})")
+    if STEP not in df.columns:
+        raise RunLogError(f"{run.source}: missing column '{STEP}'")
+    if TOKENS not in df.columns and not run.source.endswith(".csv"):
+        raise RunLogError(f"{run.source}: missing column '{TOKENS}'")
+    col, name = (TOKENS, tokens_name) if TOKENS in df.columns else (STEP, "_step")
+    values = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
+    if len(values) and not np.all(np.isfinite(values)):
+        raise RunLogError(f"{run.source}: column '{name}' has NaN/non-numeric values")
+    if len(values) > 1 and np.any(np.diff(values) <= 0):
+        i = int(np.flatnonzero(np.diff(values) <= 0)[0])
+        raise RunLogError(f"{run.source}: column '{name}' is not increasing "
+                          f"(row {i + 2}: {values[i + 1]:.6g} after {values[i]:.6g})")
     run.evals = df.reset_index(drop=True)
     return run
 

@@ -9,7 +9,8 @@ Sources of error, and how each is sampled:
   * evaluation noise of the target's own accuracy: the spread of single checkpoints around
     the step-2 curve (unsmoothed residuals), added as Gaussian noise per replicate.
 Replicates whose refit did not converge are dropped and counted (never silently used).
-The interval is the (5%, 95%) quantile of the replicate predictions.
+The interval is the (5%, 95%) quantile of the replicate predictions: the *raw* interval, which
+in-ladder backtests show under-covers when extrapolating; analysis.calibration widens it.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class Interval:
         """(low, high) of the chained accuracy along a curve of (n, d) points."""
         x_in = model._step1_input(n, d)
         if model.single is not None:
-            acc = model.single.predict_theta(self.thetas[0], *x_in)
+            acc = model.single.predict_theta(self.thetas[0], *model._single_input(n, d))
         else:
             loss = model.step1.predict_theta(self.thetas[0], *x_in)  # (B, m)
             acc = np.stack([model.step2.predict_theta(self.thetas[1][b:b + 1], loss[b])[0]
@@ -78,48 +79,85 @@ def checkpoint_noise_sd(model: TaskModel) -> float:
     return float(np.std(r[near], ddof=1)) if near.sum() > 2 else float(np.std(r, ddof=1))
 
 
-def bootstrap_interval(model: TaskModel, n: float, d: float, *, n_boot: int = 200,
-                       level: float = 0.9, seed: int = 0, n_actual_evals: int = 1,
-                       keep_samples: bool = False, stratify: bool = False) -> Interval:
-    """Interval for the chained prediction at (n, d). ``n_actual_evals`` is how many
-    evaluations the actual will be averaged over (the noise term shrinks by its sqrt)."""
+@dataclass
+class BootstrapSamples:
+    """Replicate predictions of one fitted task model at m targets: ``acc`` (B, m) with the
+    target's evaluation noise added, ``loss`` (B, m; NaN for one-fit laws), converged rows only."""
+
+    acc: np.ndarray
+    loss: np.ndarray
+    n_boot: int
+    n_used: int
+    noise_sd: float
+    thetas: tuple
+    noise_draws: np.ndarray
+
+
+def bootstrap_samples(model: TaskModel, n, d, *, n_boot: int = 200, seed: int = 0,
+                      n_actual_evals: int = 1, stratify: bool = False) -> BootstrapSamples:
+    """One run-level bootstrap of ``model``, evaluated at every target (n, d) (arrays): a
+    backtest with several held-out runs refits the replicates once, not once per run."""
     rng = np.random.default_rng(seed)
-    n_runs = len(model.series)
+    n, d = np.atleast_1d(np.asarray(n, float)), np.atleast_1d(np.asarray(d, float))
     strata = np.unique([s.n for s in model.series], return_inverse=True)[1] if stratify else None
-    W = run_bootstrap_weights(n_runs, n_boot, rng, strata)
-    w1 = W[:, model.data1.run] / np.bincount(model.data1.run)[model.data1.run]
-    w2 = W[:, model.data2.run]
-    x_in = model._step1_input(n, d)
-    if model.single is not None:
-        wf = W  # single step: one point per run
-        th, ok = model.single.bootstrap(wf)
-        acc = model.single.predict_theta(th, *x_in)[:, 0]
+    W = run_bootstrap_weights(len(model.series), n_boot, rng, strata)
+    if model.single is not None:  # single step / direct: one point per run
+        th, ok = model.single.bootstrap(W)
+        acc = model.single.predict_theta(th, *model._single_input(n, d))
         loss = np.full_like(acc, np.nan)
         thetas = (th,)
     else:
+        w1 = W[:, model.data1.run] / np.bincount(model.data1.run)[model.data1.run]
         th1, ok1 = model.step1.bootstrap(w1)
-        th2, ok2 = model.step2.bootstrap(w2)
+        th2, ok2 = model.step2.bootstrap(W[:, model.data2.run])
         ok = ok1 & ok2
-        loss = model.step1.predict_theta(th1, *x_in)[:, 0]
-        # step 2 of replicate b at step 1's prediction of replicate b
-        F = model.step2._features(loss)  # (1, B)
-        pred, _ = model.step2._model(th2, F)
-        acc = np.diag(pred)
+        loss = model.step1.predict_theta(th1, *model._step1_input(n, d))  # (B, m)
+        # step 2 of replicate b at step 1's predictions of replicate b
+        acc = sigmoid_rows(model.step2, th2, loss)
         thetas = (th1, th2)
     noise = checkpoint_noise_sd(model) / np.sqrt(max(n_actual_evals, 1))
-    draws = rng.normal(0.0, noise, size=acc.shape)
-    acc = acc + draws
-    keep = ok & np.isfinite(acc)
+    draws = rng.normal(0.0, noise, size=n_boot)  # one draw per replicate, shared by targets
+    acc = acc + draws[:, None]
+    keep = ok & np.all(np.isfinite(acc), axis=1)
     if keep.sum() < max(20, n_boot // 4):
         raise RuntimeError(f"{model.task.name}: only {keep.sum()}/{n_boot} bootstrap refits "
                            f"converged; no interval")
+    return BootstrapSamples(acc[keep], loss[keep], n_boot, int(keep.sum()), float(noise),
+                            tuple(t[keep] for t in thetas), draws[keep])
+
+
+def sigmoid_rows(link, theta: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Link of parameter row b evaluated at inputs x[b] (B, m) -> (B, m)."""
+    F = link._features(x.reshape(-1))  # (1, B*m)
+    B, m = x.shape
+    out = np.empty((B, m))
+    for j in range(m):  # m targets is small; the B replicates are vectorised
+        cols = F[:, j::m]
+        pred, _ = link._model(theta, cols)  # (B, B): row b at every replicate's input
+        out[:, j] = np.diag(pred)
+    return link._untarget(out)
+
+
+def bootstrap_interval(model: TaskModel, n: float, d: float, *, n_boot: int = 200,
+                       level: float = 0.9, seed: int = 0, n_actual_evals: int = 1,
+                       keep_samples: bool = False, stratify: bool = False) -> Interval:
+    """Interval for the prediction at (n, d). ``n_actual_evals`` is how many evaluations the
+    actual will be averaged over (the noise term shrinks by its sqrt)."""
+    bs = bootstrap_samples(model, n, d, n_boot=n_boot, seed=seed, n_actual_evals=n_actual_evals,
+                           stratify=stratify)
+    return interval_from(bs, 0, level, keep_samples)
+
+
+def interval_from(bs: BootstrapSamples, j: int, level: float = 0.9,
+                  keep_samples: bool = False) -> Interval:
+    """The (1-level)/2, (1+level)/2 quantiles of target j's replicate predictions."""
     q = [(1 - level) / 2, (1 + level) / 2]
-    lo, hi = np.quantile(acc[keep], q)
-    llo, lhi = (np.quantile(loss[keep], q) if np.isfinite(loss[keep]).all() else (np.nan, np.nan))
+    acc, loss = bs.acc[:, j], bs.loss[:, j]
+    lo, hi = np.quantile(acc, q)
+    llo, lhi = np.quantile(loss, q) if np.isfinite(loss).all() else (np.nan, np.nan)
     return Interval(float(np.clip(lo, 0, 1)), float(np.clip(hi, 0, 1)), float(llo), float(lhi),
-                    n_boot, int(keep.sum()), noise, acc[keep] if keep_samples else None,
-                    tuple(t[keep] for t in thetas) if keep_samples else None,
-                    draws[keep] if keep_samples else None)
+                    bs.n_boot, bs.n_used, bs.noise_sd, acc if keep_samples else None,
+                    bs.thetas if keep_samples else None, bs.noise_draws if keep_samples else None)
 
 
 def coverage(rows: list[dict]) -> dict:

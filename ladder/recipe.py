@@ -88,13 +88,19 @@ class DataConfig:
     hf_config: str | None = None
     split: str = "train"
     text_field: str = "text"
-    max_bytes: int | None = 8_000_000  # cap on the raw text read (pystdlib/hf/files)
-    validation_fraction: float = 0.05  # of documents (text) or of tokens (token files)
+    # Cap on the raw text read (pystdlib/hf/files); null = all of it. A cut is reported.
+    max_bytes: int | None = None
+    # Held out: documents (text), or a seeded sample of whole sequences (token files, unless
+    # validation_path is set); the same for every rung and seed.
+    validation_fraction: float = 0.05
     validation_path: str | list[str] | None = None  # token files: a separate validation set
     validation_tokens: int = 65_536  # tokens scored at each evaluation
     tokens_dtype: Literal["uint16", "uint32"] = "uint16"
     eos_token_id: int | None = None  # token files only; default: the tokenizer's EOS
     shuffle: bool = True
+    # Refuse a run that would read its training data more than this many times (null = never
+    # refuse; any repetition is reported). Up to ~4 epochs cost little (Muennighoff et al. 2023).
+    max_epochs: float | None = 4.0
 
     def __post_init__(self) -> None:
         need(self.source == "pystdlib" or self.path is not None, "path",
@@ -103,6 +109,10 @@ class DataConfig:
         need(0 < self.validation_fraction < 0.5, "validation_fraction", "must be in (0, 0.5)",
              self.validation_fraction)
         need(self.validation_tokens > 0, "validation_tokens", "must be > 0", self.validation_tokens)
+        need(self.max_epochs is None or self.max_epochs > 0, "max_epochs", "must be > 0 or null",
+             self.max_epochs)
+        need(self.eos_token_id is None or self.eos_token_id >= 0, "eos_token_id", "must be >= 0",
+             self.eos_token_id)
 
 
 @dataclass

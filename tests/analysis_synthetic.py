@@ -25,8 +25,12 @@ def true_acc(bpb):
 
 
 def write_ladder(out: Path, sizes=("190M", "370M", "760M", "1B"), mults=(1, 2, 5, 10),
-                 n_evals: int = 30, noise: float = 0.003, seed: int = 0) -> list[Path]:
+                 n_evals: int = 30, noise: float = 0.003, seed: int = 0,
+                 acc_shift: dict[str, float] | None = None) -> list[Path]:
+    """``acc_shift``: size -> accuracy added to that size's runs (a ladder whose last sizes
+    break the trend of the smaller ones)."""
     rng = np.random.default_rng(seed)
+    acc_shift = acc_shift or {}
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for size in sizes:
@@ -35,7 +39,7 @@ def write_ladder(out: Path, sizes=("190M", "370M", "760M", "1B"), mults=(1, 2, 5
             d_final = 20 * m * n
             tokens = np.linspace(d_final / n_evals, d_final, n_evals).round()
             bpb = true_bpb(n, tokens) * np.exp(rng.normal(0, noise, n_evals))
-            acc = true_acc(bpb) + rng.normal(0, noise, n_evals)
+            acc = true_acc(bpb) + rng.normal(0, noise, n_evals) + acc_shift.get(size, 0.0)
             df = pd.DataFrame({"_step": np.arange(1, n_evals + 1) * 100,
                                "throughput/total_tokens": tokens, BPB: bpb, ACC: acc,
                                VAL: 2.0 * bpb + 1.0})
@@ -45,11 +49,12 @@ def write_ladder(out: Path, sizes=("190M", "370M", "760M", "1B"), mults=(1, 2, 5
     return paths
 
 
-def write_target(out: Path, size: str = "7B", d: float = 4e11, n_evals: int = 5) -> Path:
+def write_target(out: Path, size: str = "7B", d: float = 4e11, n_evals: int = 5,
+                 acc_shift: float = 0.0) -> Path:
     n = PAPER_N[size]
     tokens = np.linspace(d * 0.9, d, n_evals).round()
     bpb = true_bpb(n, np.full(n_evals, d))
-    df = pd.DataFrame({"throughput/total_tokens": tokens, BPB: bpb, ACC: true_acc(bpb),
+    df = pd.DataFrame({"throughput/total_tokens": tokens, BPB: bpb, ACC: true_acc(bpb) + acc_shift,
                        VAL: 2.0 * bpb + 1.0})
     p = out / f"{size}-target.csv"
     df.to_csv(p, index=False)

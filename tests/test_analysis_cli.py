@@ -106,6 +106,36 @@ def test_predictions_json_schema_and_plots(synth, tmp_path):
     for png in ("step1.png", "step2.png", "chained.png"):
         assert (out / png).stat().st_size > 10_000
     assert "| hellaswag |" in (out / "report.md").read_text()
+    assert r["grade"] in ("reliable", "noisy", "unreliable") and r["trust"]["reasons"]
+    assert r["interval"]["calibrated"] is True and r["interval"]["level"] == 0.9
+    assert r["interval"]["raw_low"] >= r["pred_acc_low"] - 1e-12
+    assert "calibrated on" in r["interval"]["method"]
+    assert (out / "calibration.json").exists()
+    res = predict_synth(synth, out, "--actual", actual, "--no-plots")  # same ladder: reused
+    assert res.returncode == 0 and "calibration: reusing" in res.stderr, res.stderr
+    res = predict_synth(synth, tmp_path / "o2", "--calibration", tmp_path / "nope.json")
+    assert_clean_error(res, "nope.json")
+
+
+def test_actual_from_a_step_only_wandb_export(synth, tmp_path):
+    """A target's plain W&B history export: `_step`, no tokens, training rows in between."""
+    df = pd.read_csv(write_target(tmp_path, "1B", 2.6e10)).drop(columns=["throughput/total_tokens"])
+    df.insert(0, "_step", [1000, 1100, 1200, 1300, 1400])
+    df = pd.concat([df, pd.DataFrame({"_step": [1050, 1150], "train/loss": [2.0, 1.9]})])
+    df.to_csv(tmp_path / "wandb.csv", index=False)
+    res = predict_synth(synth, tmp_path / "out", "--actual", tmp_path / "wandb.csv", "--no-plots",
+                        "--calibration", "none")
+    assert res.returncode == 0, res.stderr
+    r = json.loads((tmp_path / "out" / "predictions.json").read_text())[0]
+    assert r["actual_acc"] == pytest.approx(pd.read_csv(write_target(tmp_path, "1B", 2.6e10))[ACC].mean())
+    assert r["interval"]["calibrated"] is False and "NOT calibrated" in r["interval"]["method"]
+    # a ladder run without tokens: the error says how to supply them
+    pd.read_csv(synth[0]).drop(columns=["throughput/total_tokens"]).to_csv(synth[0], index=False)
+    res = predict_synth(synth, tmp_path / "o2", "--no-plots", "--calibration", "none")
+    assert_clean_error(res, str(synth[0]), "throughput/total_tokens", "--tokens-per-step")
+    res = predict_synth(synth, tmp_path / "o3", "--no-plots", "--calibration", "none",
+                        "--tokens-per-step", "1e6")
+    assert res.returncode == 0, res.stderr
 
 
 def test_backtest_cli(synth, tmp_path):
@@ -124,7 +154,7 @@ def test_predict_7b_on_paper_ladder(olmo_ladder_dir, tmp_path):
     assert len(runs) == 16
     out = tmp_path / "7b"
     res = ladder_cli("predict", *runs, *SEVEN_B, "--actual", olmo_ladder_dir / "7B-4T-final.csv",
-                     "--out", out)
+                     "--out", out, "--calibration", "none")  # raw bootstrap; calibrated: below
     assert res.returncode == 0, res.stderr
     rows = {r["task"]: r for r in json.loads((out / "predictions.json").read_text())}
     assert sorted(rows) == sorted(PAPER_CODE)
@@ -150,3 +180,20 @@ def test_predict_imports_no_torch():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.slow
+def test_predict_7b_calibrated(olmo_ladder_dir, tmp_path):
+    """Report-only check of the calibrated intervals on 7B-4T (the default `--calibration auto`
+    backtests the 16 runs first; docs/analysis.md has the figures)."""
+    runs = sorted(str(p) for p in olmo_ladder_dir.glob("*xC.csv"))
+    out = tmp_path / "7b"
+    res = ladder_cli("predict", *runs, *SEVEN_B, "--actual", olmo_ladder_dir / "7B-4T-final.csv",
+                     "--out", out, "--no-plots", timeout=1800)
+    assert res.returncode == 0, res.stderr
+    rows = json.loads((out / "predictions.json").read_text())
+    assert all(r["interval"]["calibrated"] for r in rows)
+    covered = sum(r["pred_acc_low"] <= r["actual_acc"] <= r["pred_acc_high"] for r in rows)
+    errs = [100 * abs(r["pred_acc"] - r["actual_acc"]) for r in rows]
+    assert covered >= 7 and np.mean(errs) <= 2.75 + 1e-6, (covered, errs)
+    assert {r["grade"] for r in rows} <= {"reliable", "noisy", "unreliable"}

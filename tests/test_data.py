@@ -4,8 +4,10 @@ import os
 import numpy as np
 import pytest
 
-from ladder.data.pipeline import (BatchSampler, DataError, PackedSequences, prepare_data, read_documents,
-                         split_documents, token_byte_lengths)
+from ladder.data.errors import DataError
+from ladder.data.pipeline import prepare_data, read_documents, split_documents
+from ladder.data.sequences import BatchSampler, PackedSequences
+from ladder.data.tokenizer import token_byte_lengths
 from ladder.recipe import DataConfig, ModelConfig
 
 SMALL = ModelConfig(tokenizer_vocab_size=320)
@@ -122,27 +124,8 @@ def test_empty_and_too_small_corpus(tmp_path, cache):
         prepare_data(DataConfig(source="files", path=str(tmp_path / "nothing*.jsonl")), SMALL, cache)
 
 
-def test_pretokenized_token_files(tmp_path, cache, stdlib):
-    tok_file = stdlib.tokenizer.backend_tokenizer
-    path = tmp_path / "tok.json"
-    path.write_text(tok_file.to_str())
-    arr = np.asarray(stdlib.val, dtype=np.uint16)
-    arr.tofile(tmp_path / "part-0.npy")
-    d = prepare_data(DataConfig(source="tokens", path=str(tmp_path / "part-*.npy"), validation_fraction=0.1),
-                     ModelConfig(tokenizer=str(path)), cache)
-    assert len(d.train) + len(d.val) == len(arr)
-    assert np.array_equal(np.concatenate([d.train, d.val]), arr)
-    texts = d.validation_texts(limit=2)
-    assert 1 <= len(texts) <= 2 and all(isinstance(t, str) and t for t in texts)
-    (tmp_path / "bad.npy").write_bytes(b"\x00\x01\x02")
-    with pytest.raises(DataError, match="not a whole number of uint16 tokens"):
-        prepare_data(DataConfig(source="tokens", path=str(tmp_path / "bad.npy")), ModelConfig(tokenizer=str(path)), cache)
-    with pytest.raises(DataError, match="needs the tokenizer it was made with"):
-        prepare_data(DataConfig(source="tokens", path=str(tmp_path / "part-*.npy")), ModelConfig(), cache)
-
-
 def test_olmo_tokenizer_from_olmo_eval():
-    from ladder.data.pipeline import load_tokenizer, olmo_tokenizer_file
+    from ladder.data.tokenizer import load_tokenizer, olmo_tokenizer_file
 
     try:
         f = olmo_tokenizer_file()

@@ -146,7 +146,7 @@ MEASURE = r'''
 import json, resource, sys
 import numpy as np, torch
 from accelerate import Accelerator
-from ladder.data.pipeline import PackedSequences
+from ladder.data.sequences import PackedSequences
 from ladder.recipe import from_dict, plan_run
 from ladder.train.host_memory import keep_freed_memory
 from ladder.train.loop import _train_step

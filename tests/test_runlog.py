@@ -69,7 +69,13 @@ def test_nan_in_metric_is_reported_with_step(tmp_path):
 def test_csv_errors_name_the_file(tmp_path):
     p = tmp_path / "190M-1xC.csv"
     p.write_text("_step,foo\n1,2\n")
-    with pytest.raises(RunLogError, match=r"190M-1xC.csv: missing column 'throughput/total_tokens'"):
+    run = read_run(p)  # a `_step`-only export reads; where tokens are needed, the error says how
+    with pytest.raises(RunLogError, match=r"190M-1xC.csv: no tokens column "
+                                          r"\('throughput/total_tokens'\).*--tokens-per-step"):
+        run.d
+    p.write_text("foo\n2\n")
+    with pytest.raises(RunLogError, match=r"190M-1xC.csv: missing columns '_step' and "
+                                          r"'throughput/total_tokens'"):
         read_run(p)
     with pytest.raises(RunLogError, match="no such file"):
         read_run(tmp_path / "absent.csv")
@@ -93,3 +99,17 @@ def test_reads_the_paper_ladder(olmo_ladder_dir):
     assert abs(r.d / r.meta.target_tokens - 1) < 1e-3 and r.meta.batch_tokens == 1_572_864
     target = read_run(olmo_ladder_dir / "7B-4T-final.csv")
     assert target.n == 6_887_575_552 and len(target.evals) == 1
+
+
+def test_wandb_step_only_export(tmp_path):
+    """A plain W&B history export: `_step`, training rows without evaluations, no tokens."""
+    acc = "eval/downstream/hellaswag_val_rc_5shot_len_norm"
+    p = tmp_path / "7B-target.csv"
+    p.write_text(f"_step,train/loss,{acc}\n300,2.0,0.70\n100,2.5,0.60\n150,2.4,\n200,2.2,0.65\n")
+    run = read_run(p)
+    assert list(run.column("step")) == [100, 200, 300]  # ordered by step, train row dropped
+    assert list(run.column(acc)) == [0.60, 0.65, 0.70]
+    run = read_run(p, tokens_per_step=1000)
+    assert run.d == 300_000
+    p.write_text(f"_step,batch_size_in_tokens,{acc}\n100,10,0.6\n200,20,0.7\n")
+    assert list(read_run(p).column("tokens")) == [1000, 3000]  # accumulated per step

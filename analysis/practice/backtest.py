@@ -92,15 +92,24 @@ class BacktestResult:
         return out
 
     def coverage(self) -> float:
+        """Share of actuals inside the intervals these predictions carry (raw bootstrap in a
+        backtest; the honest calibrated coverage is analysis.calibration.loso_coverage)."""
         return float(np.mean([p.pred_acc_low <= p.actual_acc <= p.pred_acc_high
                               for p in self.predictions]))
 
-    def to_json(self) -> dict:
-        return {"holdout": self.holdout, "mae": self.mae(), "loss_mae": self.loss_mae(),
-                "loss_are": self.loss_are(), "per_task_mae": self.per_task(),
-                "per_task_loss_are": self.per_task_loss_are(), "coverage": self.coverage(),
-                "predictions": [p.to_json(details=False) | {"converged": p.converged}
-                                for p in self.predictions]}
+    def to_json(self, coverage: dict | None = None) -> dict:
+        """``coverage``: this scenario's leave-one-scenario-out calibrated coverage, if measured."""
+        out = {"holdout": self.holdout, "mae": self.mae(), "loss_mae": self.loss_mae(),
+               "loss_are": self.loss_are(), "per_task_mae": self.per_task(),
+               "per_task_loss_are": self.per_task_loss_are()}
+        if coverage is not None:
+            out.update(coverage=coverage.get("coverage"), median_width=coverage.get("median_width"),
+                       coverage_raw=coverage.get("coverage_raw"),
+                       median_width_raw=coverage.get("median_width_raw"),
+                       calibrated_on=coverage.get("calibrated_on"))
+        out["predictions"] = [p.to_json(details=False) | {"converged": p.converged}
+                              for p in self.predictions]
+        return out
 
 
 def split_holdout(runs: list[RunLog], holdout: list[str]) -> tuple[list[RunLog], list[RunLog]]:
@@ -126,5 +135,5 @@ def backtest(runs: list[RunLog], holdout: list[str], tasks="paper",
                          f"need at least 5")
     targets = [Target(r.name, float(r.n), r.d) for r in test]
     preds = predict_targets(train, targets, tasks, config, actuals={r.name: r for r in test},
-                            intervals=intervals, n_boot=n_boot, warn=warn)
+                            intervals=intervals, n_boot=n_boot, warn=warn, grades=False)
     return BacktestResult(list(holdout), preds)

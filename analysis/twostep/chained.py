@@ -12,6 +12,7 @@ from analysis.laws import LAWS, ChinchillaLaw, ComputeLaw, Law, SigmoidLink, Tie
 from analysis.metrics import CHANCE_ACCURACY, TaskSpec
 from analysis.runlog import RunLog
 from analysis.twostep.config import TwoStepConfig
+from analysis.twostep.direct import DirectLaw, FreeDirectLaw, final_points
 from analysis.twostep.series import RunSeries, run_series
 from analysis.twostep.single import SingleStepLaw
 from analysis.twostep.step1 import StepData, step1_data
@@ -29,19 +30,25 @@ class TaskModel:
     step2: SigmoidLink
     data1: StepData
     data2: StepData
-    single: SingleStepLaw | None = None
+    single: Law | None = None  # single-step or direct law: (N, D) -> accuracy in one fit
     warnings: list[str] = field(default_factory=list)
 
     def _step1_input(self, n, d):
         n, d = np.atleast_1d(np.asarray(n, float)), np.atleast_1d(np.asarray(d, float))
         return (6.0 * n * d,) if self.config.step1 == "compute" else (n, d)
 
+    def _single_input(self, n, d):
+        """The direct law is always of (N, D); the single-step law takes step 1's inputs."""
+        if self.config.mode == "direct":
+            return np.atleast_1d(np.asarray(n, float)), np.atleast_1d(np.asarray(d, float))
+        return self._step1_input(n, d)
+
     def predict_loss(self, n, d) -> np.ndarray:
         return self.step1.predict(*self._step1_input(n, d))
 
     def predict_acc(self, n, d) -> np.ndarray:
         if self.single is not None:
-            return self.single.predict(*self._step1_input(n, d))
+            return self.single.predict(*self._single_input(n, d))
         return self.step2.predict(self.predict_loss(n, d))
 
     @property
@@ -55,7 +62,9 @@ class TaskModel:
                "step2": {"law": type(self.step2).__name__, "params": self.step2.params_,
                          **self.step2.result_.to_json(), "n_points": int(self.data2.y.size)}}
         if self.single is not None:
-            out["single_step"] = {"params": self.single.params_, **self.single.result_.to_json()}
+            key = "direct" if self.config.mode == "direct" else "single_step"
+            out[key] = {"law": type(self.single).__name__, "params": self.single.params_,
+                        **self.single.result_.to_json()}
         return out
 
 
@@ -100,7 +109,11 @@ def _fit_task(runs, task, config) -> TaskModel:
         fin_acc = np.array([np.mean(s.acc[-cfg.last:]) for s in series])
         model.single = _fit_quiet(SingleStepLaw(step1, step2), *model._step1_input(fin_n, fin_d),
                                   y=fin_acc)
-    for label, law in (("step 1", step1), ("step 2", step2), ("single step", model.single)):
+    elif cfg.mode == "direct":
+        law = DirectLaw() if cfg.direct_exponents == "tied" else FreeDirectLaw()
+        fin_n, fin_d, fin_acc = final_points(series, cfg.last)
+        model.single = _fit_quiet(law, fin_n, fin_d, y=fin_acc)
+    for label, law in (("step 1", step1), ("step 2", step2), (cfg.mode + " law", model.single)):
         if law is not None and not law.converged_:
             model.warnings.append(f"{task.name}: {label} ({type(law).__name__}) did not "
                                   f"converge: {law.result_.summary()}")

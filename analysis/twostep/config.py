@@ -27,12 +27,13 @@ class TwoStepConfig:
     step2_skip: float = 0.1  # drop each run's first 10% of checkpoints in step 2
     smooth: int = 5  # moving-average window for step 2 (1 = none)
     last: int = 5  # evaluations averaged for a run's final value (and a target's actual)
-    mode: Literal["chained", "single"] = "chained"  # chained | single (single-step)
+    mode: Literal["chained", "single", "direct"] = "chained"  # chained | single (single-step) | direct (arXiv 2512.08894)
+    direct_exponents: Literal["tied", "free"] = "tied"  # direct: alpha = beta, or the paper's free pair
     min_evals: int = 5  # a run with fewer evaluations is rejected
 
     def __post_init__(self) -> None:
         for k in ("feature", "step1", "step1_points", "step1_exponents", "link", "link_floor",
-                  "link_ceiling", "mode"):
+                  "link_ceiling", "mode", "direct_exponents"):
             allowed = typing.get_args(_FIELD_TYPES[k])
             if getattr(self, k) not in allowed:
                 raise ValueError(f"TwoStepConfig.{k}={getattr(self, k)!r}; expected one of "

@@ -15,6 +15,7 @@ from ladder.exit_codes import EXIT_BAD_INPUT
 COMMANDS: dict[str, tuple[str, str]] = {
     "sizes": ("ladder.cli.sizes", "print the model size presets (N, non-embedding N, FLOPs/token)"),
     "train": ("ladder.cli.train", "train one rung of a recipe"),
+    "tokenize": ("ladder.cli.tokenize", "tokenize raw text into token files for data.source: tokens"),
     "eval": ("ladder.cli.eval", "evaluate a causal LM checkpoint on ranked-classification tasks"),
     "plan": ("ladder.cli.plan", "print a recipe's grid, its compute and its ratio to the targets"),
     "sweep": ("ladder.cli.sweep", "run a recipe's whole ladder (local or SLURM), then predict"),

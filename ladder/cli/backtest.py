@@ -12,7 +12,7 @@ import json
 import sys
 import time
 
-from ladder.cli.predict import add_config_arguments, config_from_args, fail
+from ladder.cli.predict import add_config_arguments, add_tokens_argument, config_from_args, fail
 
 
 def add_arguments(p) -> None:
@@ -22,7 +22,11 @@ def add_arguments(p) -> None:
                    help="comma-separated model sizes to hold out (repeatable: one scenario each)")
     p.add_argument("--tasks", default="paper")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--intervals", action="store_true", help="also bootstrap intervals (coverage)")
+    add_tokens_argument(p)
+    p.add_argument("--intervals", action="store_true",
+                   help="also calibrate the 90%% intervals (adds the standard extrapolation "
+                        "scenarios) and report each scenario's coverage from a calibration fitted "
+                        "without it; writes OUT/calibration.json for `ladder predict --calibration`")
     add_config_arguments(p)
     g = p.add_argument_group("estimation practice (docs/estimation-practice.md)")
     g.add_argument("--step1-min-frac", type=float, metavar="F",
@@ -36,7 +40,7 @@ def run(args) -> int:
     t0 = time.perf_counter()
     from analysis.fit import FitError
     from analysis.runlog import RunLogError
-    from analysis.files import atomic_write_text
+    from analysis.files import atomic_write_text, json_safe
     try:
         from pathlib import Path
 
@@ -53,20 +57,34 @@ def run(args) -> int:
         runs, tasks, _ = load_inputs(args)
         scenarios = ([[s.strip() for s in h.split(",") if s.strip()] for h in args.holdout]
                      if args.holdout else default_scenarios(runs))
-        results = [backtest(runs, h, tasks, config, intervals=args.intervals, n_boot=args.n_boot)
-                   for h in scenarios]
+        coverage, lc = {}, None
+        if args.intervals:  # calibrated coverage needs the other scenarios: add the standard ones
+            from analysis.practice.calibrate import calibrate_ladder, extrapolation_scenarios
+            scenarios += [h for h in extrapolation_scenarios(runs) if h not in scenarios]
+            lc = calibrate_ladder(runs, tasks, config, scenarios=scenarios, n_boot=args.n_boot)
+            results, coverage = lc.results, lc.coverage
+        else:
+            results = [backtest(runs, h, tasks, config, n_boot=args.n_boot) for h in scenarios]
     except (RunLogError, KeyError, ValueError, FitError, RuntimeError, OSError) as e:
         return fail(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    doc = {"config": config.to_json(), "scenarios": [r.to_json() for r in results]}
-    atomic_write_text(out / "backtest.json", json.dumps(doc, indent=2) + "\n")
-    atomic_write_text(out / "backtest.md", backtest_markdown(results, intervals=args.intervals))
+    doc = {"config": config.to_json(),
+           "scenarios": [r.to_json(coverage.get("+".join(r.holdout))) for r in results]}
+    if lc is not None:
+        from analysis.practice.calibrate import save_calibration
+        doc["calibration"] = lc.calibration.to_json()
+        save_calibration(lc, out / "calibration.json")
+    atomic_write_text(out / "backtest.json", json.dumps(json_safe(doc), indent=2) + "\n")
+    atomic_write_text(out / "backtest.md", backtest_markdown(results, coverage=coverage))
     for r in results:
+        c = coverage.get("+".join(r.holdout))
         print(f"holdout {'+'.join(r.holdout)}: MAE {100 * r.mae():.2f} points, loss ARE "
-              f"{100 * r.loss_are():.2f}% over "
-              f"{len(r.predictions)} predictions; " +
-              ", ".join(f"{t} {100 * v:.2f}" for t, v in r.per_task().items()))
+              f"{100 * r.loss_are():.2f}% over {len(r.predictions)} predictions"
+              + (f"; 90% calibrated coverage {c['coverage']:.2f} (median width "
+                 f"{100 * c['median_width']:.2f} points; raw bootstrap {c['coverage_raw']:.2f}, "
+                 f"{100 * c['median_width_raw']:.2f})" if c and c.get("coverage") is not None else "")
+              + "; " + ", ".join(f"{t} {100 * v:.2f}" for t, v in r.per_task().items()))
     print(f"wrote {out / 'backtest.json'}, {out / 'backtest.md'} in {time.perf_counter() - t0:.1f}s",
           file=sys.stderr)
     bad = sum(not p.converged for r in results for p in r.predictions)

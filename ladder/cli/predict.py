@@ -44,8 +44,11 @@ def add_config_arguments(p) -> None:
     g.add_argument("--link-floor", choices=("free", "chance"), default=c.link_floor)
     g.add_argument("--link-ceiling", choices=("free", "one"), default=c.link_ceiling,
                    help="upper accuracy asymptote: fitted (<= 1) or pinned to 1")
-    g.add_argument("--mode", choices=("chained", "single"), default=c.mode,
-                   help="two-step chained prediction or the single-step baseline")
+    g.add_argument("--mode", choices=("chained", "single", "direct"), default=c.mode,
+                   help="two-step chained prediction, the single-step baseline, or the direct "
+                        "method (-log accuracy as a law of N and D, arXiv 2512.08894)")
+    g.add_argument("--direct-exponents", choices=("tied", "free"), default=c.direct_exponents,
+                   help="direct method: alpha = beta (default), or the paper's free pair")
     g.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates for intervals")
     g.add_argument("--seed", type=int, default=0)
 
@@ -55,7 +58,14 @@ def config_from_args(args):
     return TwoStepConfig(feature=args.feature, step1=args.step1, step1_points=args.step1_points,
                          step1_exponents=args.step1_exponents,
                          link=args.link, link_floor=args.link_floor,
-                         link_ceiling=args.link_ceiling, mode=args.mode).validate()
+                         link_ceiling=args.link_ceiling, mode=args.mode,
+                         direct_exponents=args.direct_exponents)
+
+
+def add_tokens_argument(p) -> None:
+    p.add_argument("--tokens-per-step", type=_number, metavar="N",
+                   help="for W&B exports of run files without a tokens column: tokens per "
+                        "optimizer step (tokens = _step x N); the target's --actual needs none")
 
 
 def add_arguments(p) -> None:
@@ -69,7 +79,13 @@ def add_arguments(p) -> None:
     p.add_argument("--tasks", default="paper",
                    help="'paper' (8 tasks, default), 'all', or a comma-separated task list")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    add_tokens_argument(p)
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--calibration", default="auto", metavar="FILE|auto|none",
+                   help="interval calibration: a calibration.json from `ladder backtest "
+                        "--intervals`; 'auto' (default) reuses OUT/calibration.json when it was made "
+                        "from these runs, tasks and method, else backtests the ladder to make it "
+                        "(minutes); 'none': raw bootstrap intervals, labelled uncalibrated")
     add_config_arguments(p)
 
 
@@ -87,9 +103,37 @@ def load_inputs(args):
     tasks = resolve_tasks(args.tasks)
     with warnings.catch_warnings():  # pandas' fragmentation notice on wide W&B exports
         warnings.simplefilter("ignore", category=Warning)
-        runs = read_runs(args.run_files)
+        tps = getattr(args, "tokens_per_step", None)
+        runs = read_runs(args.run_files, tps)
         actual = read_run(args.actual) if getattr(args, "actual", None) else None
     return runs, tasks, actual
+
+
+def resolve_calibration(spec: str, runs, tasks, config, n_boot: int, out):
+    """The calibration to use (see --calibration); writes OUT/calibration.json when it makes one."""
+    from pathlib import Path
+
+    from analysis.practice.calibrate import (calibrate_ladder, fingerprint, load_calibration,
+                                             save_calibration)
+    if spec == "none":
+        return None
+    if spec != "auto":
+        return load_calibration(spec)
+    cached = Path(out) / "calibration.json"
+    if cached.exists():
+        try:
+            cal = load_calibration(cached)
+        except ValueError:
+            cal = None
+        if cal is not None and cal.fingerprint == fingerprint(runs, tasks, config, n_boot):
+            print(f"calibration: reusing {cached}", file=sys.stderr)
+            return cal
+    print("calibration: backtesting the ladder to calibrate the intervals (once per ladder; "
+          "reused from OUT/calibration.json)", file=sys.stderr)
+    lc = calibrate_ladder(runs, tasks, config, n_boot=n_boot)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    save_calibration(lc, cached)
+    return lc.calibration
 
 
 def run(args) -> int:
@@ -102,8 +146,11 @@ def run(args) -> int:
         config = config_from_args(args)
         runs, tasks, actual = load_inputs(args)
         target = Target(args.target_name, args.target_n, args.target_d)
+        calibration = resolve_calibration(args.calibration, runs, tasks, config, args.n_boot,
+                                          args.out)
         preds = predict_target(runs, target, tasks, config, actual=actual, n_boot=args.n_boot,
-                               seed=args.seed, keep_samples=not args.no_plots)
+                               seed=args.seed, keep_samples=not args.no_plots,
+                               calibration=calibration)
         files = write_report(preds, args.out, f"Predictions for {target.name}", config,
                              plots=not args.no_plots)
     except (RunLogError, KeyError, ValueError, FitError, RuntimeError, OSError) as e:

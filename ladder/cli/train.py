@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ladder.data.pipeline import DataError
+    from ladder.data.errors import DataError
     from ladder.exit_codes import BAD_INPUT, CRASHED, EXIT_BAD_INPUT, EXIT_DIVERGED
     from ladder.recipe import RecipeError, load_recipe
     from ladder.train.loop import NonFiniteLossError, train

@@ -55,7 +55,8 @@ def _tasks_check(recipe, predict: bool) -> Check:
 
 
 def _tokenizer_check(recipe) -> Check:
-    from ladder.data.pipeline import DataError, olmo_tokenizer_file
+    from ladder.data.errors import DataError
+    from ladder.data.tokenizer import olmo_tokenizer_file
 
     spec = recipe.model.tokenizer
     try:
@@ -182,7 +183,8 @@ def eval_report(plan) -> str:
 
 def task_tokens(recipe) -> tuple[int | None, str]:
     """Tokens the scorer runs per in-loop task evaluation, counted on the tokenised requests."""
-    from ladder.data.pipeline import DataError, load_tokenizer
+    from ladder.data.errors import DataError
+    from ladder.data.tokenizer import load_tokenizer
     from ladder.sweep.estimate import measure_task_tokens
 
     ev = recipe.evaluation

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from analysis.runlog import TRAIN_LOSS
-from ladder.data.pipeline import PackedSequences
+from ladder.data.sequences import PackedSequences
 from ladder.exit_codes import COMPLETED, DIVERGED, EXIT_OK, EXIT_PREEMPTED, PREEMPTED
 from ladder.recipe import Recipe, RunPlan, eval_steps
 from ladder.train import checkpoint as ckpt

@@ -15,7 +15,10 @@ from typing import Any, Callable
 import torch
 
 from analysis.runlog import RunLogWriter, RunMeta
-from ladder.data.pipeline import BatchSampler, PackedSequences, TokenData, prepare_data, token_byte_lengths
+from ladder.data.checks import repetition
+from ladder.data.pipeline import TokenData, prepare_data
+from ladder.data.sequences import BatchSampler, PackedSequences
+from ladder.data.tokenizer import token_byte_lengths
 from ladder.presets import embedding_rows
 from ladder.recipe import Recipe, RunPlan, lr_lambda, plan_run
 from ladder.train import checkpoint as ckpt
@@ -64,7 +67,7 @@ def _vocab_size_for(recipe: Recipe, tokenizer) -> int:
     if recipe.model.vocab_size:
         if recipe.model.vocab_size < len(tokenizer):
             raise ValueError(f"{recipe.source}: 'model.vocab_size' ({recipe.model.vocab_size}) is "
-                             f"smaller than the tokenizer ({len(tokenizer)} tokens)")
+                             f"smaller than the tokenizer {recipe.model.tokenizer!r} ({len(tokenizer)} tokens)")
         return recipe.model.vocab_size
     return embedding_rows(len(tokenizer))
 
@@ -144,8 +147,11 @@ def setup(recipe: Recipe, size: str | None, multiplier: float | None, seed: int 
     run_dir = Path(out) if out else default_run_dir(recipe, plan)
     t = recipe.train
     world = accelerator.num_processes
-    train_seqs = PackedSequences(data.train, t.seq_len, "train")
-    val_seqs = PackedSequences(data.val, t.seq_len, "validation")
+    train_seqs, val_seqs = data.sequences(t.seq_len)
+    repeats = repetition(recipe.data.path or recipe.data.source, plan.total_steps * plan.batch_tokens,
+                         train_seqs.n * t.seq_len, recipe.data.max_epochs)  # refuses before any write
+    for line in data.notes + ([repeats] if repeats else []):
+        accelerator.print(line, file=sys.stderr)
     sampler = BatchSampler(train_seqs.n, plan.batch_seqs, plan.seed, recipe.data.shuffle,
                            accelerator.process_index, world)
     per_proc = plan.batch_seqs // world

@@ -1,11 +1,15 @@
 """The evidence behind the default method: in-ladder backtests of each design option.
 
     PYTHONPATH=. python tests/benchmarks/bench_predict_backtest.py [--data DIR] [--coverage]
+        [--only PREFIXES] [--all-scenarios]
 
 Scenarios (never the 7B target): hold out 1B (fit on 190M-760M); 760M+1B (fit on 190M+370M,
 8 runs); 1B and 10xC together (fit on 9 runs of 190M-760M at 1-5xC: extrapolates in N and in
-tokens per parameter, like the real target). Prints accuracy MAE (points) per scenario and
-their mean, per variant; with --coverage also 90% interval coverage of the default method.
+tokens per parameter, like the real target); --all-scenarios: every extrapolation scenario of
+analysis.practice.calibrate (adds 10xC, 5xC+10xC, 760M+1B+10xC, 1B+5xC+10xC). Prints accuracy
+MAE (points) per scenario and their mean, per variant; with --coverage, per scenario the 90%
+coverage and median width of the raw bootstrap and of the calibrated interval (calibrated
+without that scenario: leave one scenario out), for the default and the direct method.
 """
 
 import argparse
@@ -22,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from analysis.practice.backtest import backtest  # noqa: E402
+from analysis.practice.calibrate import calibrate_ladder, extrapolation_scenarios  # noqa: E402
 from analysis.runlog import read_runs  # noqa: E402
 from analysis.twostep import TwoStepConfig  # noqa: E402
 
@@ -40,6 +45,8 @@ VARIANTS = {
     "feature: C4 validation CE": dict(feature="val_ce"),
     "feature: task CE (-soft_log)": dict(feature="task_ce"),
     "single step": dict(mode="single"),
+    "direct (arXiv 2512.08894 eq. 4, tied exponents)": dict(mode="direct"),
+    "direct, free exponents (the paper's eq. 4 as published)": dict(mode="direct", direct_exponents="free"),
 }
 SCENARIOS = (["1B"], ["760M", "1B"], ["1B", "10xC"])
 
@@ -50,9 +57,13 @@ def main() -> int:
     ap.add_argument("--data", default=str(shared / "olmo-ladder"))
     ap.add_argument("--coverage", action="store_true")
     ap.add_argument("--only", help="comma list of variant names (prefix match)")
+    ap.add_argument("--all-scenarios", action="store_true")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     runs = read_runs(sorted(Path(args.data).glob("*xC.csv")))
+    global SCENARIOS
+    if args.all_scenarios:
+        SCENARIOS = tuple(extrapolation_scenarios(runs))
     print(f"{'variant':<52} " + " ".join(f"{'+'.join(s):>9}" for s in SCENARIOS) + f" {'mean':>6}")
     for name, kw in VARIANTS.items():
         if args.only and not any(name.startswith(o) for o in args.only.split(",")):
@@ -69,18 +80,22 @@ def main() -> int:
         print(f"{name:<52} " + " ".join(f"{m:9.2f}" for m in maes) +
               f" {np.mean(maes):6.2f}  ({time.perf_counter() - t0:.0f}s)", flush=True)
     if args.coverage:
-        for stratify in (False, True):
-            import analysis.predict as P
-            import analysis.uncertainty as U
-            orig = U.bootstrap_interval
-            P.bootstrap_interval = lambda *a, _o=orig, _s=stratify, **k: _o(*a, **k, stratify=_s)
-            for s in SCENARIOS:
-                r = backtest(runs, list(s), intervals=True, warn=lambda m: None)
-                w = [100 * (p.pred_acc_high - p.pred_acc_low) for p in r.predictions]
-                print(f"bootstrap {'stratified by size' if stratify else 'over runs':<20} "
-                      f"{'+'.join(s):<9} coverage {r.coverage():.2f} of {len(r.predictions)}, "
-                      f"median width {np.median(w):.2f} points", flush=True)
-            P.bootstrap_interval = orig
+        for mode in ("chained", "direct"):
+            t0 = time.perf_counter()
+            lc = calibrate_ladder(runs, config=replace(BASE, mode=mode),
+                                  scenarios=[list(x) for x in SCENARIOS] + [
+                                      h for h in extrapolation_scenarios(runs) if tuple(h) not in SCENARIOS
+                                      and list(h) not in [list(x) for x in SCENARIOS]])
+            c = lc.calibration
+            print(f"\n{mode}: calibration on all scenarios k={c.k:.3f} c_t={c.c_t:g} c_n={c.c_n:g} "
+                  f"({time.perf_counter() - t0:.0f}s)")
+            for r in lc.results:
+                s_ = "+".join(r.holdout)
+                v = lc.coverage[s_]
+                print(f"  {s_:<14} n={v['n']:3d} MAE {100 * r.mae():5.2f}  raw: coverage "
+                      f"{v['coverage_raw']:.2f} width {100 * v['median_width_raw']:5.2f}  calibrated "
+                      f"(LOSO): coverage {v['coverage']:.2f} width {100 * v['median_width']:5.2f}",
+                      flush=True)
     return 0
 
 

@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def _setup(args):
     import torch
 
-    from ladder.data.pipeline import DataConfig, ModelConfig, PackedSequences, prepare_data
+    from ladder.data.pipeline import DataConfig, ModelConfig, prepare_data
+    from ladder.data.sequences import PackedSequences
     from ladder.recipe import from_dict, plan_run
 
     if args.threads:
@@ -72,7 +73,7 @@ def run_ours(args) -> dict:
     import torch
     from accelerate import Accelerator
 
-    from ladder.data.pipeline import BatchSampler
+    from ladder.data.sequences import BatchSampler
     from ladder.train.host_memory import keep_freed_memory
     from ladder.recipe import lr_lambda
     from ladder.train.loop import _train_step, build_model, build_optimizer
@@ -111,7 +112,7 @@ def run_trainer(args) -> dict:
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from ladder.data.pipeline import BatchSampler
+    from ladder.data.sequences import BatchSampler
     from ladder.train.loop import build_model
 
     recipe, plan, seqs = _setup(args)

@@ -1,0 +1,102 @@
+"""Predictions while the ladder trains: `ladder status SWEEP_DIR --predict` on a half-finished
+tiny sweep whose run logs follow a known two-step law (no training: the logs are written)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from analysis.predict import Target
+from analysis.progress import PlannedRung, predict_progress
+from analysis.runlog import RunLogWriter, read_run
+from ladder.recipe import from_dict
+from ladder.sweep.sweepdir import open_sweep
+
+from analysis_synthetic import true_acc, true_bpb
+
+ROOT = Path(__file__).resolve().parents[1]
+BPB = "eval/downstream_bpb/corpus_cont_val_rc_0shot_bpb"
+ACC = "eval/downstream/corpus_cont_val_rc_0shot_len_norm"
+SCALE = 3e4  # tiny N, D -> the synthetic law's range (the law's form is unchanged)
+
+
+def _write_rung(sweep, plan, frac: float, rng) -> None:
+    w = RunLogWriter(sweep.run_dir(plan))
+    w.write_meta({"name": plan.name, "n_params": plan.n_params, "target_tokens": plan.target_tokens,
+                  "size": plan.size, "multiplier": plan.multiplier,
+                  "batch_tokens": plan.batch_tokens})
+    d = plan.target_tokens
+    for i, tok in enumerate(np.linspace(d / 10, d, 10)):
+        if tok > frac * d * (1 + 1e-9):
+            break
+        bpb = float(true_bpb(plan.n_params * SCALE, tok * SCALE)) * np.exp(rng.normal(0, 0.003))
+        w.append({"step": i + 1, "tokens": float(tok), BPB: bpb,
+                  ACC: float(true_acc(bpb) + rng.normal(0, 0.003))})
+
+
+@pytest.fixture(scope="module")
+def half_sweep(tmp_path_factory):
+    """tiny-9k and tiny-25k finished at 1, 2, 4xC, tiny-43k-1xC finished, tiny-43k-2xC half
+    trained, tiny-43k-4xC not started: 7 of 9 rungs."""
+    d = yaml.safe_load((ROOT / "recipes" / "tiny-cpu.yaml").read_text())
+    d["targets"] = [{"name": "tiny-160k-8xC", "size": "tiny-160k", "multiplier": 8}]
+    sweep = open_sweep(from_dict(d, "tiny.yaml"), tmp_path_factory.mktemp("sw") / "sweep")
+    rng = np.random.default_rng(0)
+    for r in sweep.plan.rungs:
+        frac = {"tiny-43k-2xC": 0.5, "tiny-43k-4xC": 0.0}.get(r.name, 1.0)
+        if frac:
+            _write_rung(sweep, r, frac, rng)
+    return sweep
+
+
+def test_status_predict_on_a_half_finished_sweep(half_sweep):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-m", "ladder", "status", str(half_sweep.dir),
+                          "--predict", "--n-boot", "30"], capture_output=True, text=True, env=env,
+                         timeout=900)
+    assert res.returncode == 0, res.stderr
+    assert "partial-ladder predictions from 7 of 9 rungs finished" in res.stdout
+    out = half_sweep.predictions_dir / "partial"
+    rows = json.loads((out / "predictions.json").read_text())
+    assert [r["target"] for r in rows] == ["tiny-160k-8xC"]
+    r = rows[0]
+    assert 0 <= r["pred_acc_low"] < r["pred_acc"] < r["pred_acc_high"] <= 1
+    assert r["interval"]["calibrated"] and r["grade"]
+    assert "tiny-43k-2xC" in (out / "report.md").read_text() or "7 of 9" in (out / "report.md").read_text()
+
+
+def test_missing_rungs_widen_the_interval(half_sweep, tmp_path):
+    """The same target from the 7 finished rungs and from all 9 (the two missing ones written in
+    full, in a copy of the sweep): the partial ladder's interval is the wider one."""
+    copy = open_sweep(half_sweep.plan.recipe, tmp_path / "sweep")
+    shutil.copytree(half_sweep.dir / "runs", copy.dir / "runs")
+    half_sweep = copy
+    plan = half_sweep.plan
+    t = plan.targets[0]
+    target = [Target(t.name, t.n, t.d)]
+    partial = {"tiny-43k-2xC", "tiny-43k-4xC"}
+    rungs = [PlannedRung(r.name, r.n_params, r.target_tokens,
+                         "partial" if r.name in partial else "done") for r in plan.rungs]
+    finished = [read_run(half_sweep.run_dir(r)) for r in plan.rungs if r.name not in partial]
+    now = predict_progress(finished, rungs, target, "corpus", n_boot=30)
+    assert 0.3 < now.compute_done < 0.8
+    rng = np.random.default_rng(1)
+    for r in plan.rungs:
+        if r.name in partial:
+            (half_sweep.run_dir(r) / "metrics.jsonl").unlink(missing_ok=True)
+            _write_rung(half_sweep, r, 1.0, rng)
+    for r in rungs:
+        r.state = "done"
+    full = predict_progress([read_run(half_sweep.run_dir(r)) for r in plan.rungs], rungs, target,
+                            "corpus", n_boot=30)
+    assert full.compute_done == 1.0
+    w = [p.pred_acc_high - p.pred_acc_low for p in (now.predictions[0], full.predictions[0])]
+    assert w[0] > w[1], w
+    with pytest.raises(ValueError, match="at least 3 finished rungs of 2 sizes"):
+        predict_progress(finished[:2], rungs, target, "corpus")
