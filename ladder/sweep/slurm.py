@@ -41,7 +41,7 @@ from analysis.files import atomic_write_text
 from ladder.train.status import PREVIOUS, STATUS_FILE
 from ladder.sweep.rundir import DONE_MARKER, RunState, run_state
 from ladder.units import si
-from ladder.exit_codes import (BAD_INPUT, COMPLETED, DIVERGED, DONE, EXIT_BAD_INPUT, EXIT_DIVERGED,
+from ladder.exit_codes import (BAD_INPUT, COMPLETED, DIVERGED, DONE as DONE_ACTION, EXIT_BAD_INPUT, EXIT_DIVERGED,
                                EXIT_OK, EXIT_PREEMPTED, GIVE_UP, PREEMPTED, REQUEUE, RETRY)
 from ladder.sweep.launcher import CHECKPOINT_EXIT_CODE, Job, JobSpecError, Resources, accelerate_options
 
@@ -402,11 +402,11 @@ def action_function() -> str:
         "# what next, from the run's status file (ladder.exit_codes.next_action)\n"
         "ladder_action() {\n"
         '  case "$1" in\n'
-        f'    {COMPLETED}) if [ "$2" -eq {EXIT_OK} ]; then echo {DONE}; else echo {RETRY}; fi;;\n'
+        f'    {COMPLETED}) if [ "$2" -eq {EXIT_OK} ]; then echo {DONE_ACTION}; else echo {RETRY}; fi;;\n'
         f"    {PREEMPTED}) echo {REQUEUE};;\n"
         f'    {BAD_INPUT}|{DIVERGED}) echo "{GIVE_UP}";;\n'
         '    "") case "$2" in\n'
-        f"          {EXIT_OK}) echo {DONE};;\n"
+        f"          {EXIT_OK}) echo {DONE_ACTION};;\n"
         f'          {EXIT_BAD_INPUT}|{EXIT_DIVERGED}) echo "{GIVE_UP}";;\n'
         f"          {EXIT_PREEMPTED}) echo {REQUEUE};;\n"
         f"          *) echo {RETRY};;\n"
