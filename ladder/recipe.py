@@ -187,11 +187,16 @@ class EvaluationConfig:
 @dataclass
 class CheckpointConfig:
     interval: int | None = None  # steps; null = at every evaluation step
+    # Wall clock: also checkpoint when this long has passed since the last one (checked at the
+    # loop's sync points), so a long run between evaluations loses at most this much.
+    interval_minutes: float | None = None
     keep_last: int = 2  # full training states kept (older ones are pruned)
     keep_eval_weights: bool = True  # keep model weights of pruned evaluation-step checkpoints
 
     def __post_init__(self) -> None:
         need(self.interval is None or self.interval >= 1, "interval", "must be >= 1", self.interval)
+        need(self.interval_minutes is None or self.interval_minutes > 0, "interval_minutes",
+             "must be > 0 or null", self.interval_minutes)
         need(self.keep_last >= 1, "keep_last", "must be >= 1", self.keep_last)
 
 
@@ -257,6 +262,9 @@ class Recipe:
     # The SLURM backend's section (cluster defaults, per-size resources), validated by
     # ladder.sweep.slurm.SlurmConfig, which the recipe must not import.
     slurm: dict[str, Any] = field(default_factory=dict)
+    # DDP/FSDP, micro-batch and activation checkpointing per size (operational), validated by
+    # ladder.train.parallel.
+    parallel: dict[str, Any] = field(default_factory=dict)
     source: str = field(default="<dict>", metadata={"internal": True})
 
     def __post_init__(self) -> None:

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("ladder.cli.eval", "evaluate a causal LM checkpoint on ranked-classification tasks"),
     "plan": ("ladder.cli.plan", "print a recipe's grid, its compute and its ratio to the targets"),
     "sweep": ("ladder.cli.sweep", "run a recipe's whole ladder (local or SLURM), then predict"),
+    "eval-runs": ("ladder.cli.eval_runs", "score kept checkpoints offline and merge into run logs"),
     "status": ("ladder.cli.status", "show the state of each rung of a sweep"),
     "predict": ("ladder.cli.predict", "fit two-step laws on run logs and predict a target"),
     "backtest": ("ladder.cli.backtest", "hold out the largest rungs and predict them from the rest"),

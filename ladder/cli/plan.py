@@ -1,5 +1,6 @@
 """`ladder plan RECIPE`: the grid with N, D, steps, batch, LR and FLOPs per run, the ladder's
-total compute and its share of each target's compute."""
+total compute and its share of each target's compute, the memory estimate per process for each
+size and the evaluation share of each run's FLOPs."""
 
 from __future__ import annotations
 
@@ -36,5 +37,15 @@ def run(args) -> int:
                          "ladder_fraction": plan.ladder_flops / t.flops} for t in plan.targets],
         }, indent=2))
     else:
+        from ladder.sweep.checks import eval_report, size_report
+        from ladder.sweep.slurm import SlurmConfig
+
+        cfg = (SlurmConfig.from_dict(plan.recipe.slurm, f"{plan.recipe.source}: slurm",
+                                     known_sizes=[r.size for _, r in plan.all_runs()])
+               if plan.recipe.slurm else None)
         print(plan_table(plan))
+        print("\nper size (memory per process: estimate, see ladder/sweep/estimate.py):")
+        print(size_report(plan, cfg))
+        print()
+        print(eval_report(plan))
     return 0

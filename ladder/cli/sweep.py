@@ -24,6 +24,9 @@ def add_arguments(p) -> None:
     p.add_argument("--no-predict", action="store_true", help="train the rungs only")
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates for intervals")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--dry-run", action="store_true",
+                   help="render the jobs, print resources, memory and evaluation share per rung, run "
+                        "every pre-submit check; submit and write nothing")
 
 
 def run(args) -> int:
@@ -39,6 +42,10 @@ def run(args) -> int:
     t0 = time.time()
     try:
         recipe = load_recipe(args.recipe, args.overrides)
+        if args.dry_run:
+            return _dry_run(recipe, args)
+        if not args.predict_only and not _checks_pass(recipe, args):
+            return EXIT_BAD_INPUT
         out = args.out or f"runs/{recipe.name}"
         with DirLock(out):  # one sweep process per sweep directory; released however it ends
             sweep = open_sweep(recipe, out)
@@ -119,3 +126,59 @@ def _submit_slurm(sweep, args) -> int:
           + (f", prediction job {record['final']['job_id']}" if record.get("final") else ""))
     print(f"follow it with: ladder status {sweep.dir}")
     return 0
+
+
+def _slurm_config(recipe, plan):
+    from ladder.sweep.slurm import SlurmConfig
+
+    return SlurmConfig.from_dict(recipe.slurm, f"{recipe.source}: slurm",
+                                 known_sizes=[r.size for _, r in plan.all_runs()])
+
+
+def _checks_pass(recipe, args, plan=None, echo=lambda m: print(m, file=sys.stderr)) -> bool:
+    """The pre-submit checks; any failure stops the sweep before anything runs or is queued."""
+    from ladder.sweep.checks import presubmit_checks
+    from ladder.sweep.plan import plan_sweep
+
+    plan = plan or plan_sweep(recipe)
+    cfg = _slurm_config(recipe, plan) if args.backend == "slurm" else None
+    checks = presubmit_checks(plan, predict=not args.no_predict, slurm_cfg=cfg)
+    failed = [c for c in checks if not c.ok]
+    if failed or args.dry_run:
+        echo("pre-submit checks:\n" + "\n".join(c.line() for c in checks))
+    if failed:
+        echo(f"ladder sweep: error: {len(failed)} pre-submit check(s) failed; nothing was submitted: "
+             + "; ".join(f"{c.name}: {c.detail}" for c in failed))
+    return not failed
+
+
+def _dry_run(recipe, args) -> int:
+    from pathlib import Path
+
+    from ladder.sweep.checks import eval_report, size_report
+    from ladder.sweep.plan import plan_sweep, plan_table
+    from ladder.sweep.slurm import SlurmSweep
+    from ladder.sweep.sweepdir import Sweep
+
+    plan = plan_sweep(recipe)
+    cfg = _slurm_config(recipe, plan) if args.backend == "slurm" else None
+    print(plan_table(plan))
+    print("\nper size (memory per process: estimate, see ladder/sweep/estimate.py):")
+    print(size_report(plan, cfg))
+    print()
+    print(eval_report(plan))
+    if cfg is not None:
+        sweep = Sweep(Path(args.out or f"runs/{recipe.name}").resolve(), plan)
+        final = None if args.no_predict else sweep.predict_job(cfg.defaults)
+        ss = SlurmSweep.from_config(sweep.dir, sweep.jobs(cfg.resources), final, cfg,
+                                    job_prefix=recipe.name)
+        for g in ss.groups:
+            text = ss.render_array(g)
+            print(f"\n{g.script_name} ({len(g.rungs)} rungs: {', '.join(j.name for j in g.rungs)}):")
+            print("\n".join("  " + ln for ln in text.splitlines()
+                            if ln.startswith("#SBATCH") or ln.lstrip().startswith("srun")))
+        if final is not None:
+            print("\nfinal.sbatch: the prediction, after every array succeeded (afterok)")
+    ok = _checks_pass(recipe, args, plan, echo=print)
+    print(f"\ndry run: nothing written or submitted; checks {'passed' if ok else 'FAILED'}")
+    return 0 if ok else EXIT_BAD_INPUT

@@ -28,11 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ladder.data.errors import DataError
+    from ladder.exit_codes import BAD_INPUT, CRASHED, EXIT_BAD_INPUT, EXIT_DIVERGED
     from ladder.recipe import RecipeError, load_recipe
-    from ladder.exit_codes import EXIT_BAD_INPUT, EXIT_DIVERGED
     from ladder.train.loop import NonFiniteLossError, train
 
     from ladder.sweep.lock import LockHeld
+    from ladder.train.binding import RunBindingError
 
     try:
         _check_arguments(args)
@@ -40,17 +41,24 @@ def run(args: argparse.Namespace) -> int:
         result = train(recipe, size=args.size, multiplier=args.multiplier, seed=args.seed,
                        out=args.out, cache=args.cache, progress=not args.no_progress,
                        force_new=getattr(args, "force_new", False))
-    except (RecipeError, DataError, KeyError, ValueError, LockHeld) as e:
+    except (LockHeld, RunBindingError) as e:  # the directory is another run's: write nothing there
+        print(f"ladder train: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (RecipeError, DataError, KeyError, ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"ladder train: error: {msg}", file=sys.stderr)
+        _outcome(args, BAD_INPUT, msg)
         return EXIT_BAD_INPUT
     except OSError as e:  # a read-only or full run directory: say which file, no traceback
         print(f"ladder train: error: cannot write {e.filename or args.out}: {e.strerror or e}",
               file=sys.stderr)
         return EXIT_BAD_INPUT
-    except NonFiniteLossError as e:
+    except NonFiniteLossError as e:  # status.json already says diverged
         print(f"ladder train: error: {e}", file=sys.stderr)
         return EXIT_DIVERGED
+    except Exception as e:
+        _outcome(args, CRASHED, f"{type(e).__name__}: {e}")
+        raise
     if result.status == "already-complete":
         print(f"{result.run_dir}: already complete ({result.step}/{result.total_steps} steps)")
     elif result.status == "completed":
@@ -69,3 +77,14 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise ValueError(f"--out {args.out}: exists and is not a directory")
+
+
+def _outcome(args: argparse.Namespace, outcome: str, message: object) -> None:
+    """Say in the run directory why the run stopped, so a scheduler does not retry bad input."""
+    from ladder.train.status import is_main_process, write_status
+
+    if args.out and is_main_process():
+        try:
+            write_status(args.out, outcome, message=str(message))
+        except OSError:
+            pass  # the run directory itself may be the bad input

@@ -13,7 +13,6 @@ from __future__ import annotations
 import glob
 import gzip
 import hashlib
-import io
 import json
 import multiprocessing as mp
 import os
@@ -72,7 +71,7 @@ def plan_units(files: list[str], unit_bytes: int = UNIT_BYTES) -> list[tuple[str
             import pyarrow.parquet as pq
 
             meta = pq.ParquetFile(f).metadata
-            groups, acc, first = [], 0, 0
+            acc, first = 0, 0
             for g in range(meta.num_row_groups):
                 acc += meta.row_group(g).total_byte_size
                 if acc >= unit_bytes or g == meta.num_row_groups - 1:
@@ -140,7 +139,7 @@ def _tokenize_unit(job: tuple[int, tuple[str, int, int], str]) -> dict:
     batch: list[str] = []
 
     def flush(fh) -> None:
-        nonlocal n_tokens, max_id
+        nonlocal n_tokens
         for enc in tok.encode_batch(batch, add_special_tokens=False):
             ids = np.empty(len(enc.ids) + 1, dtype=dtype)
             ids[:-1] = enc.ids

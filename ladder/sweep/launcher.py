@@ -37,11 +37,13 @@ class Resources:
     account: str | None = None
     qos: str | None = None
     extra: tuple[str, ...] = ()  # further sbatch options, verbatim: ("--constraint=a100",)
+    # Training processes per node; default one per GPU (one for a CPU-only node). Set it for
+    # several CPU (gloo) processes per node.
+    processes_per_node: int | None = None
 
     @property
     def num_processes(self) -> int:
-        """One process per GPU; a CPU-only rung is one process per node."""
-        return self.nodes * max(self.gpus_per_node, 1)
+        return self.nodes * (self.processes_per_node or max(self.gpus_per_node, 1))
 
     @property
     def distributed(self) -> bool:
@@ -53,7 +55,12 @@ class Resources:
         if not isinstance(self.gpus_per_node, int) or self.gpus_per_node < 0:
             raise JobSpecError(f"{where}: gpus_per_node must be an integer >= 0, "
                                f"got {self.gpus_per_node!r}")
-        if self.nodes > 1 and self.gpus_per_node == 0:
+        if self.processes_per_node is not None and (not isinstance(self.processes_per_node, int)
+                                                    or isinstance(self.processes_per_node, bool)
+                                                    or self.processes_per_node < 1):
+            raise JobSpecError(f"{where}: processes_per_node must be an integer >= 1, "
+                               f"got {self.processes_per_node!r}")
+        if self.nodes > 1 and self.gpus_per_node == 0 and not self.processes_per_node:
             raise JobSpecError(f"{where}: a multi-node rung needs gpus_per_node >= 1 "
                                f"(nodes={self.nodes}, gpus_per_node=0)")
         if self.cpus_per_task is not None and (not isinstance(self.cpus_per_task, int)

@@ -1,5 +1,6 @@
 """The local backend: run a sweep's rungs on this machine, each in its own process, with retries
-decided from exit codes (requeue on preemption, never retry bad input), and their status."""
+decided from each run's status file (requeue on preemption, a bounded number of retries after a
+crash, never a retry of bad input or divergence), and their status."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ladder.exit_codes import EXIT_BAD_INPUT
-from ladder.sweep.launcher import CHECKPOINT_EXIT_CODE, Job, local_argv
+from ladder.exit_codes import DONE, GIVE_UP, REQUEUE, next_action
+from ladder.sweep.launcher import Job, local_argv
 from ladder.sweep.sweepdir import Sweep
+
+MAX_REQUEUES = 100  # a rung preempted this often is stuck, not unlucky
 
 
 @dataclass
@@ -26,13 +29,34 @@ class RungOutcome:
     log: Path
 
 
+def visible_devices(n_devices: int, slots: int) -> list[str | None]:
+    """CUDA_VISIBLE_DEVICES per slot: the node's GPUs split evenly over the rungs running side
+    by side (without it every rung would train on cuda:0). None when there is no GPU."""
+    if n_devices < 1:
+        return [None] * slots
+    per = max(1, n_devices // slots)
+    return [",".join(str((i * per + k) % n_devices) for k in range(per)) for i in range(slots)]
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except ImportError:
+        return 0
+
+
 def run_local(jobs: list[Job], log_dir: Path, *, parallel: int = 1, max_retries: int = 2,
-              threads: int | None = None, echo=print) -> list[RungOutcome]:
-    """Run jobs on this machine, ``parallel`` at a time. A job that fails is retried up to
-    ``max_retries`` times (it resumes from its checkpoint); one that checkpointed on a signal
-    (exit 75) is restarted without counting as a failure. Ctrl-C stops every rung; a rerun of
-    the sweep resumes them."""
+              threads: int | None = None, echo=print, n_gpus: int | None = None) -> list[RungOutcome]:
+    """Run jobs on this machine, ``parallel`` at a time, each on its own share of the GPUs.
+    After each attempt the run's status file decides (:func:`ladder.exit_codes.next_action`):
+    a preempted rung is restarted without counting as a failure, a crashed one is retried up to
+    ``max_retries`` times (resuming from its checkpoint), bad input and divergence never.
+    Ctrl-C stops every rung; a rerun of the sweep resumes them. (One function over ~60 lines:
+    the scheduling state, pending/running/slots/attempts, lives in this one loop.)"""
     from ladder.sweep.rundir import run_state
+    from ladder.train.status import clear_status, read_status
 
     log_dir.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
@@ -42,62 +66,77 @@ def run_local(jobs: list[Job], log_dir: Path, *, parallel: int = 1, max_retries:
     env["PYTHONUNBUFFERED"] = "1"
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    devices = visible_devices(_gpu_count() if n_gpus is None else n_gpus, parallel)
+    free_slots = list(range(parallel))
     pending = list(jobs)
     attempts: dict[str, int] = {}
     failures: dict[str, int] = {}
-    running: dict[str, tuple[Job, subprocess.Popen, float, Any]] = {}
+    running: dict[str, tuple[Job, subprocess.Popen, float, Any, int]] = {}
     outcomes: list[RungOutcome] = []
     total = len(jobs)
     old_handlers = _stop_on_signals()
     try:
         while pending or running:
-            while pending and len(running) < parallel:
+            while pending and free_slots:
                 job = pending.pop(0)
+                slot = free_slots.pop(0)
                 attempts[job.name] = attempts.get(job.name, 0) + 1
+                job_env = dict(env)
+                if devices[slot] is not None:
+                    job_env["CUDA_VISIBLE_DEVICES"] = devices[slot]
                 log = open(log_dir / f"{job.name}.log", "a")
-                log.write(f"\n=== attempt {attempts[job.name]}: {' '.join(local_argv(job))}\n")
+                log.write(f"\n=== attempt {attempts[job.name]}"
+                          + (f" on GPUs {devices[slot]}" if devices[slot] is not None else "")
+                          + f": {' '.join(local_argv(job))}\n")
                 log.flush()
-                _wait_for_run_dir(job, echo)
+                _wait_for_run_dir(job, echo)  # a killed sweep's rung may still be checkpointing
+                clear_status(job.run_dir)
                 proc = subprocess.Popen(local_argv(job), stdout=log, stderr=subprocess.STDOUT,
-                                        env=env, start_new_session=True,
+                                        env=job_env, start_new_session=True,
                                         preexec_fn=_dies_with(os.getpid()))
-                running[job.name] = (job, proc, time.time(), log)
+                running[job.name] = (job, proc, time.time(), log, slot)
             time.sleep(0.2)
-            for name, (job, proc, t0, log) in list(running.items()):
+            for name, (job, proc, t0, log, slot) in list(running.items()):
                 rc = proc.poll()
                 if rc is None:
                     continue
                 log.close()
                 del running[name]
+                free_slots.append(slot)
                 secs = time.time() - t0
-                if rc == 0:
+                status = read_status(job.run_dir)
+                outcome = status["outcome"] if status else None
+                action = next_action(outcome, rc)
+                if action == DONE:
                     st = run_state(job.run_dir)
                     loss = f", train loss {st.loss:.4f}" if st.loss is not None else ""
                     echo(f"[{len(outcomes) + 1}/{total}] {name} done in {secs:.0f}s "
                          f"({st.evals} evaluations{loss})")
                     outcomes.append(RungOutcome(name, True, attempts[name], secs, rc, Path(log.name)))
-                elif rc == CHECKPOINT_EXIT_CODE and attempts[name] < 100:
+                    continue
+                if action == REQUEUE and attempts[name] < MAX_REQUEUES:
                     echo(f"{name}: checkpointed on a signal, restarting")
                     pending.insert(0, job)
+                    continue
+                failures[name] = failures.get(name, 0) + 1
+                why = f"{outcome or 'no status'}, exit {rc}"
+                if action != GIVE_UP and failures[name] <= max_retries:
+                    echo(f"{name}: failed ({why}), retry {failures[name]}/{max_retries} "
+                         f"from its last checkpoint; log: {log.name}")
+                    pending.append(job)
                 else:
-                    failures[name] = failures.get(name, 0) + 1
-                    # exit 2 = bad recipe/arguments: deterministic, a retry cannot help
-                    if failures[name] <= max_retries and rc != EXIT_BAD_INPUT:
-                        echo(f"{name}: failed (exit {rc}), retry {failures[name]}/{max_retries} "
-                             f"from its last checkpoint; log: {log.name}")
-                        pending.append(job)
-                    else:
-                        echo(f"[{len(outcomes) + 1}/{total}] {name} FAILED (exit {rc}) after "
-                             f"{attempts[name]} attempts; log: {log.name}")
-                        outcomes.append(RungOutcome(name, False, attempts[name], secs, rc,
-                                                    Path(log.name)))
+                    reason = "not retried: it would fail again" if action == GIVE_UP else \
+                        f"after {attempts[name]} attempts"
+                    echo(f"[{len(outcomes) + 1}/{total}] {name} FAILED ({why}) {reason}; "
+                         f"log: {log.name}")
+                    outcomes.append(RungOutcome(name, False, attempts[name], secs, rc, Path(log.name)))
     except KeyboardInterrupt:
-        for _, proc, _, _ in running.values():
+        for _, proc, _, _, _ in running.values():
             try:
                 os.killpg(proc.pid, 15)  # the trainer checkpoints on SIGTERM
             except ProcessLookupError:
                 pass
-        for _, proc, _, _ in running.values():
+        for _, proc, _, _, _ in running.values():
             proc.wait()
         raise
     finally:

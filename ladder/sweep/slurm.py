@@ -38,8 +38,11 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from analysis.files import atomic_write_text
+from ladder.train.status import PREVIOUS, STATUS_FILE
 from ladder.sweep.rundir import DONE_MARKER, RunState, run_state
 from ladder.units import si
+from ladder.exit_codes import (BAD_INPUT, COMPLETED, DIVERGED, DONE as DONE_ACTION, EXIT_BAD_INPUT, EXIT_DIVERGED,
+                               EXIT_OK, EXIT_PREEMPTED, GIVE_UP, PREEMPTED, REQUEUE, RETRY)
 from ladder.sweep.launcher import CHECKPOINT_EXIT_CODE, Job, JobSpecError, Resources, accelerate_options
 
 SLURM_SUBDIR = "slurm"
@@ -70,7 +73,8 @@ class SbatchError(SlurmError):
 # ---------------------------------------------------------------------------- recipe config
 
 
-_SWEEP_KNOBS = {"signal_seconds": int, "max_retries": int, "max_parallel": int, "setup": list}
+_SWEEP_KNOBS = {"signal_seconds": int, "max_retries": int, "max_parallel": int, "setup": list,
+                "gpu_memory_gib": int}
 
 
 @dataclass
@@ -86,6 +90,7 @@ class SlurmConfig:
     max_retries: int = 2
     max_parallel: int | None = None
     setup: tuple[str, ...] = ()
+    gpu_memory_gib: int | None = None  # the partition's GPU memory: the dry run checks the estimate
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None, where: str = "slurm",
@@ -247,7 +252,8 @@ class SlurmSweep:
         lines += _RUNG_BODY.format(
             checkpoint=self.checkpoint_exit_code, retries=self.max_retries,
             max_requeues=self.max_requeues, done=DONE_MARKER,
-            launch=_launch_line(group.resources)).splitlines()
+            launch=_launch_line(group.resources), status=STATUS_FILE, status_prev=PREVIOUS,
+            action_fn=action_function()).splitlines()
         return "\n".join(lines) + "\n"
 
     def render_final(self) -> str:
@@ -262,7 +268,9 @@ class SlurmSweep:
                  *self.setup, "set -uo pipefail", "",
                  f"CMD=({shlex.join(self.final.argv)})",
                  'echo "[ladder] $(date -Is) final job ${SLURM_JOB_ID} on $(hostname)"',
-                 'exec srun --nodes=1 --ntasks=1 "${CMD[@]}"']
+                 'exec srun --nodes=1 --ntasks=1'
+                 + (f" --cpus-per-task={self.final.resources.cpus_per_task}"
+                    if self.final.resources.cpus_per_task else "") + ' "${CMD[@]}"']
         return "\n".join(lines) + "\n"
 
     def write(self) -> dict[str, Path]:
@@ -357,12 +365,15 @@ on_term() {{ TERMINATED=1; echo "[ladder] $(date -Is) TERM from SLURM"; }}
 trap on_usr1 USR1
 trap on_term TERM
 
+# The previous attempt's outcome must not be read as this one's.
+mv -f "$RUN_DIR/{status}" "$RUN_DIR/{status_prev}" 2>/dev/null || true
 {launch} &
 CHILD=$!
 # `wait` returns early when a trapped signal arrives; keep waiting for the rung itself.
 while :; do wait "$CHILD"; kill -0 "$CHILD" 2>/dev/null || break; done
 wait "$CHILD"; RC=$?
-echo "[ladder] $(date -Is) rung exited with $RC"
+OUTCOME="$(sed -n 's/.*"outcome": *"\([a-z_]*\)".*/\1/p' "$RUN_DIR/{status}" 2>/dev/null | head -n 1)"
+echo "[ladder] $(date -Is) rung exited with $RC (outcome: ${{OUTCOME:-none}})"
 
 requeue() {{
   if [ "$RESTARTS" -ge "$MAX_REQUEUES" ]; then echo "[ladder] $MAX_REQUEUES restarts already: not requeueing" >&2; exit "$RC"; fi
@@ -370,12 +381,39 @@ requeue() {{
   if scontrol requeue "$TASK"; then exit 0; fi
   echo "[ladder] scontrol requeue $TASK failed" >&2; exit "$RC"
 }}
-if [ "$RC" -eq 0 ]; then exit 0; fi
+{action_fn}
+ACTION="$(ladder_action "$OUTCOME" "$RC")"
+if [ "$ACTION" = done ]; then exit 0; fi
 if [ "$TERMINATED" -eq 1 ] && [ "$PREEMPT" -eq 0 ]; then exit "$RC"; fi  # SLURM's own cancel/preempt
-if [ "$PREEMPT" -eq 1 ] || [ "$RC" -eq "$CHECKPOINT_EXIT" ]; then requeue "checkpointed"; fi
-if [ "$RESTARTS" -lt "$MAX_RETRIES" ]; then requeue "exit $RC, retry $(( RESTARTS + 1 ))/$MAX_RETRIES"; fi
-exit "$RC"
+if [ "$ACTION" = "give up" ]; then
+  echo "[ladder] outcome ${{OUTCOME:-none}} (exit $RC): not retried, it would fail again" >&2
+  [ "$RC" -eq 0 ] && exit 1; exit "$RC"
+fi
+if [ "$PREEMPT" -eq 1 ] || [ "$ACTION" = requeue ]; then requeue "checkpointed"; fi
+if [ "$RESTARTS" -lt "$MAX_RETRIES" ]; then requeue "${{OUTCOME:-exit $RC}}, retry $(( RESTARTS + 1 ))/$MAX_RETRIES"; fi
+[ "$RC" -eq 0 ] && exit 1; exit "$RC"
 """
+
+
+def action_function() -> str:
+    """``ladder_action OUTCOME RC`` in bash: :func:`ladder.exit_codes.next_action`, which the
+    local backend uses, for the batch script (tests run both over every case)."""
+    return (
+        "# what next, from the run's status file (ladder.exit_codes.next_action)\n"
+        "ladder_action() {\n"
+        '  case "$1" in\n'
+        f'    {COMPLETED}) if [ "$2" -eq {EXIT_OK} ]; then echo {DONE_ACTION}; else echo {RETRY}; fi;;\n'
+        f"    {PREEMPTED}) echo {REQUEUE};;\n"
+        f'    {BAD_INPUT}|{DIVERGED}) echo "{GIVE_UP}";;\n'
+        '    "") case "$2" in\n'
+        f"          {EXIT_OK}) echo {DONE_ACTION};;\n"
+        f'          {EXIT_BAD_INPUT}|{EXIT_DIVERGED}) echo "{GIVE_UP}";;\n'
+        f"          {EXIT_PREEMPTED}) echo {REQUEUE};;\n"
+        f"          *) echo {RETRY};;\n"
+        "        esac;;\n"
+        f"    *) echo {RETRY};;\n"
+        "  esac\n"
+        "}")
 
 
 def _comment(text: object) -> str:
@@ -415,8 +453,10 @@ def _quote_sbatch(opt: str) -> str:
 def _launch_line(r: Resources) -> str:
     """The step that runs a rung: plain ``srun CMD``, or ``accelerate launch`` on every node
     with the machine rank read per node from ``SLURM_NODEID`` (hence the ``bash -c``)."""
+    # srun does not inherit sbatch's --cpus-per-task (SLURM >= 22.05): a step would get 1 CPU
+    cpus = f" --cpus-per-task={r.cpus_per_task}" if r.cpus_per_task else ""
     if not r.distributed:
-        return 'srun --nodes=1 --ntasks=1 "${CMD[@]}"'
+        return f'srun --nodes=1 --ntasks=1{cpus} "${{CMD[@]}}"'
     opts = accelerate_options(r, main_process_ip="@ADDR@", main_process_port="@PORT@")
     words = " ".join({"@ADDR@": '"$MASTER_ADDR"', "@PORT@": '"$MASTER_PORT"'}.get(w, shlex.quote(w))
                      for w in opts)
@@ -428,7 +468,7 @@ def _launch_line(r: Resources) -> str:
             f"ACCEL+=({words})\n"
             "# one task per node; each passes its own SLURM_NODEID as the machine rank. The launcher\n"
             "# ignores USR1 (inherited through exec) so only the trainer processes act on it.\n"
-            f"srun --nodes={r.nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 "
+            f"srun --nodes={r.nodes} --ntasks-per-node=1{cpus} --kill-on-bad-exit=1 "
             "bash -c 'trap \"\" USR1; n=$1; shift; exec \"${@:1:n}\" --machine_rank \"$SLURM_NODEID\" "
             "--no_python \"${@:n+1}\"' ladder-rank \"${#ACCEL[@]}\" \"${ACCEL[@]}\" \"${CMD[@]}\"")
 

@@ -34,7 +34,7 @@ MANIFEST = "sweep.json"
 FROZEN_RECIPE = "recipe.yaml"
 MANIFEST_FORMAT = "ladder-sweep/1"
 # Sections that change how a sweep is run, not what it computes: editing them is allowed.
-OPERATIONAL_SECTIONS = ("sweep", "slurm", "tracking")
+OPERATIONAL_SECTIONS = ("sweep", "slurm", "tracking", "parallel")
 
 
 def science_hash(recipe: Recipe) -> str:

@@ -4,7 +4,8 @@ Layout of ``<run>/checkpoints/step0000123/``::
 
     config.json, model.safetensors, generation_config.json   save_pretrained (HF-loadable)
     tokenizer.json, tokenizer_config.json, ...               the run's tokenizer
-    training_state/optimizer.pt, scheduler.pt, rng-rank*.pt   exact-resume state
+    training_state/optimizer/ (torch.distributed.checkpoint, by parameter name; sharded
+                   under FSDP), scheduler.pt, rng-rank*.pt   exact-resume state
     training_state/state.json                                 step, tokens, data position, RNG
     checkpoint.json                                           written last: what this holds
 
@@ -33,6 +34,7 @@ CKPT_DIR = "checkpoints"
 _NAME = re.compile(r"^step(\d{7,})$")
 MANIFEST = "checkpoint.json"
 STATE = "training_state"
+OPTIMIZER_DIR = "optimizer"  # torch.distributed.checkpoint: one shard file per process
 
 
 def step_dir_name(step: int) -> str:
@@ -141,18 +143,15 @@ def save_checkpoint(run_dir: Path, step: int, *, accelerator, model, optimizer, 
     torch.save({"torch": rng["torch"], "cuda": rng["cuda"]}, tmp / STATE / f"rng-rank{rank}.pt")
     (tmp / STATE / f"rng-rank{rank}.json").write_text(json.dumps({k: rng[k] for k in ("python", "numpy")}))
     fsdp = _is_fsdp(accelerator)
-    if fsdp:  # sharded optimizer: let accelerate gather/save it (model saved below as well)
-        accelerator.save_state(str(tmp / STATE / "accelerate"))
-    model_state = accelerator.get_state_dict(model)
-    # torch.compile's wrapper prefixes every key; the saved model is the plain HF module.
-    model_state = {k.removeprefix("_orig_mod."): v for k, v in model_state.items()}
+    model_state = _model_state(accelerator, model, fsdp)
+    # Every process writes its shard of the optimizer (FSDP), or rank 0 all of it (replicated);
+    # keyed by parameter name, so a run can resume with another strategy or process count.
+    dcp_save(optimizer_state(model, optimizer), tmp / STATE / OPTIMIZER_DIR)
     if main:
         unwrapped = accelerator.unwrap_model(model)
         unwrapped = getattr(unwrapped, "_orig_mod", unwrapped)  # torch.compile wrapper
         unwrapped.save_pretrained(tmp, state_dict=model_state, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if not fsdp:
-            torch.save(optimizer.state_dict(), tmp / STATE / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / STATE / "scheduler.pt")
         (tmp / STATE / "state.json").write_text(json.dumps({**state, "world_size": accelerator.num_processes}, indent=2))
         (tmp / MANIFEST).write_text(json.dumps(
@@ -185,18 +184,11 @@ def load_checkpoint(ckpt: CheckpointInfo, *, accelerator, model, optimizer, sche
     if state.get("world_size", 1) != accelerator.num_processes:
         accelerator.print(f"note: resuming a {state.get('world_size')}-process checkpoint with "
                           f"{accelerator.num_processes} processes (data order is unchanged)")
-    if ckpt.manifest.get("fsdp"):
-        accelerator.load_state(str(state_dir / "accelerate"))
-    else:
-        unwrapped = accelerator.unwrap_model(model)
-        unwrapped = getattr(unwrapped, "_orig_mod", unwrapped)
-        weights = load_file(str(ckpt.path / "model.safetensors"), device="cpu")
-        missing, unexpected = unwrapped.load_state_dict(weights, strict=False)
-        # A tied head is saved once; anything else missing is a real mismatch.
-        missing = [k for k in missing if not k.endswith("lm_head.weight")]
-        if missing or unexpected:
-            raise RuntimeError(f"{ckpt.path}: checkpoint does not match the model "
-                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    weights = load_file(str(ckpt.path / "model.safetensors"), device="cpu")
+    _load_model_state(accelerator, model, weights, ckpt.path)
+    if (state_dir / OPTIMIZER_DIR).is_dir():
+        load_optimizer_state(model, optimizer, state_dir / OPTIMIZER_DIR)
+    else:  # a checkpoint written before optimizer states were saved by parameter name
         optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True,
                                              map_location="cpu"))
     scheduler.load_state_dict(torch.load(state_dir / "scheduler.pt", weights_only=True))
@@ -232,9 +224,75 @@ def prune_checkpoints(run_dir: Path, keep_last: int, keep_eval_weights: bool) ->
 
 
 def _is_fsdp(accelerator) -> bool:
-    from accelerate.utils import DistributedType
+    from ladder.train.parallel import is_fsdp
 
-    return accelerator.distributed_type == DistributedType.FSDP
+    return is_fsdp(accelerator)
+
+
+# ---------------------------------------------------------------------------- FSDP-aware states
+
+
+def _model_state(accelerator, model, fsdp: bool) -> dict[str, torch.Tensor]:
+    """The full model state on the main process (FSDP: gathered to CPU; collective)."""
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    else:
+        state = accelerator.get_state_dict(model)
+    # torch.compile's wrapper prefixes every key; the saved model is the plain HF module.
+    return {k.removeprefix("_orig_mod."): v for k, v in state.items()}
+
+
+def _load_model_state(accelerator, model, weights: dict[str, torch.Tensor], where: Path) -> None:
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = getattr(unwrapped, "_orig_mod", unwrapped)
+    expected = set(unwrapped.state_dict())
+    # A tied head is saved once; anything else missing is a real mismatch.
+    missing = sorted(k for k in expected - set(weights) if not k.endswith("lm_head.weight"))
+    unexpected = sorted(set(weights) - expected)
+    if missing or unexpected:
+        raise RuntimeError(f"{where}: checkpoint does not match the model "
+                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if _is_fsdp(accelerator):  # every process holds the full tensors: each keeps its shard
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(unwrapped, weights, options=StateDictOptions(full_state_dict=True, strict=False))
+    else:
+        unwrapped.load_state_dict(weights, strict=False)
+
+
+def optimizer_state(model, optimizer) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return {"optimizer": get_optimizer_state_dict(getattr(model, "_orig_mod", model), optimizer)}
+
+
+_SINGLE = "torch.distributed is disabled"  # DCP's note when one process saves/loads: expected
+
+
+def dcp_save(state: dict[str, Any], path: Path) -> None:
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_SINGLE)
+        dcp.save(state, checkpoint_id=str(path))
+
+
+def load_optimizer_state(model, optimizer, path: Path) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    module = getattr(model, "_orig_mod", model)
+    state = optimizer_state(module, optimizer)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_SINGLE)
+        dcp.load(state, checkpoint_id=str(path))
+    set_optimizer_state_dict(module, optimizer, state["optimizer"])
 
 
 # ---------------------------------------------------------------------------- verification

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from analysis.runlog import TRAIN_LOSS
 from ladder.data.sequences import PackedSequences
-from ladder.exit_codes import EXIT_OK, EXIT_PREEMPTED
+from ladder.exit_codes import COMPLETED, DIVERGED, EXIT_OK, EXIT_PREEMPTED, PREEMPTED
 from ladder.recipe import Recipe, RunPlan, eval_steps
 from ladder.train import checkpoint as ckpt
 from ladder.train.loss import next_token_loss
@@ -94,7 +94,9 @@ class Cadence:
     def for_run(cls, recipe: Recipe, plan: RunPlan) -> "Cadence":
         evals = set(eval_steps(plan.total_steps, recipe.evaluation))
         every = recipe.checkpoint.interval
-        ckpts = evals if every is None else set(range(every, plan.total_steps + 1, every)) | {plan.total_steps}
+        # with a step interval: those steps, the evaluation steps (their weights are kept for
+        # offline evaluation) and the last
+        ckpts = evals if every is None else set(range(every, plan.total_steps + 1, every)) | evals
         return cls(evals, ckpts, recipe.tracking.log_interval, plan.total_steps)
 
     def evaluate(self, step: int) -> bool:
@@ -142,27 +144,27 @@ def _run(ctx: RunContext, recipe: Recipe, progress: bool) -> TrainResult:
         trainer.last_loss = ctx.resume_loss if ctx.resume_loss is not None else float("nan")
         trainer.lr, trainer.tps = ctx.scheduler.get_last_lr()[0], float("nan")
         trainer.evaluate(ctx.step)
-    step, status = ctx.step, "completed"
+    step, status = ctx.step, COMPLETED
     with _Preemption() as preempt, trainer.tracking():
         while step < total:
             trainer.step(step)
             step += 1
-            stop = preempt.requested
-            if trainer.cadence.sync(step):
-                stop = trainer.agree(stop)  # across processes, at sync points only
+            stop, due = preempt.requested, False
+            if trainer.cadence.sync(step):  # across processes, at sync points only
+                stop, due = trainer.agree(stop, trainer.save_due())
             if trainer.cadence.sync(step) or stop:
                 trainer.log(step)
             if trainer.cadence.evaluate(step):
                 trainer.evaluate(step)
-            if trainer.cadence.checkpoint(step) or stop:
+            if trainer.cadence.checkpoint(step) or stop or due:
                 trainer.save(step, is_eval=trainer.cadence.evaluate(step))
             if stop and step < total:
-                status = "preempted"
+                status = PREEMPTED
                 ctx.accelerator.print(f"\npreemption signal: checkpoint saved at step {step}; "
                                       f"rerun the same command to resume (exit {EXIT_PREEMPTED})")
                 break
     trainer.close()
-    ctx.set_status(status)
+    ctx.set_status(status, step)
     return TrainResult(status, ctx.run_dir, step, total, ctx.last_row())
 
 
@@ -180,6 +182,7 @@ class Trainer:
         self.tokens, self.seconds = 0, 0.0  # since the last log
         self.gnorm: torch.Tensor | float = float("nan")
         self._trackers = False
+        self.last_save = time.monotonic()
 
     @contextlib.contextmanager
     def tracking(self):
@@ -203,20 +206,25 @@ class Trainer:
         self.seconds += time.perf_counter() - t0
         self.tokens += c.plan.batch_tokens
 
-    def agree(self, stop: bool) -> bool:
-        """Preemption is acted on when any process was signalled."""
+    def agree(self, stop: bool, due: bool = False) -> tuple[bool, bool]:
+        """Preemption (a wall-clock checkpoint) is acted on when any process asks for it."""
         acc = self.ctx.accelerator
         if acc.num_processes == 1:
-            return stop
-        return bool(acc.reduce(torch.tensor(float(stop), device=acc.device), "max").item())
+            return stop, due
+        flags = acc.reduce(torch.tensor([float(stop), float(due)], device=acc.device), "max").tolist()
+        return bool(flags[0]), bool(flags[1])
+
+    def save_due(self) -> bool:
+        minutes = self.ctx.recipe.checkpoint.interval_minutes
+        return minutes is not None and time.monotonic() - self.last_save >= 60 * minutes
 
     def log(self, step: int) -> None:
         """Check the pending losses (NaN stops the run) and log loss, LR and throughput."""
         c = self.ctx
         try:
             self.last_loss = _check_finite(self.pending, c.accelerator, c.last_checkpoint)
-        except NonFiniteLossError:
-            c.set_status("diverged")
+        except NonFiniteLossError as e:
+            c.set_status(DIVERGED, step, str(e))
             raise
         self.pending.clear()
         self.tps = self.tokens / max(self.seconds, 1e-9)
@@ -244,7 +252,9 @@ class Trainer:
                                c.recipe.evaluation.batch_size, c.byte_len, c.data.name))
         if c.evaluator is not None:
             c.model.eval()
-            row.update(c.evaluator(c.accelerator.unwrap_model(c.model), c.accelerator))
+            # the unwrapped module has lost the autocast accelerate put on the prepared forward
+            with c.accelerator.autocast():
+                row.update(c.evaluator(c.accelerator.unwrap_model(c.model), c.accelerator))
             c.model.train()
         if c.writer:
             c.writer.append(row)
@@ -263,6 +273,7 @@ class Trainer:
                                     optimizer=c.optimizer, scheduler=c.scheduler,
                                     tokenizer=c.data.tokenizer, state=state, eval_step=is_eval)
         c.last_checkpoint = path or c.last_checkpoint
+        self.last_save = time.monotonic()
         if c.accelerator.is_main_process:
             ckpt.prune_checkpoints(c.run_dir, ck.keep_last, ck.keep_eval_weights)
         c.accelerator.wait_for_everyone()

