@@ -215,7 +215,9 @@ def read_olmo_csv(path: str | os.PathLike, meta: RunMeta | None = None,
     evals = [c for c in df.columns if c.startswith("eval/")]
     if evals and len(df):
         df = df[df[evals].notna().any(axis=1)]
-    df = df.rename(columns=_OLMO_COLUMNS)
+    # a copy consolidates a wide export's column blocks: adding step/token columns to the
+    # fragmented frame read_csv gives makes pandas warn on every file
+    df = df.rename(columns=_OLMO_COLUMNS).copy()
     has_tokens = TOKENS in df.columns
     if not has_tokens and STEP not in df.columns:
         raise RunLogError(f"{p}: missing columns '_step' and 'throughput/total_tokens' (need "

@@ -167,7 +167,8 @@ def _wait(cond, timeout: float, what: str):
 def test_two_sweeps_on_one_directory_and_a_killed_sweep(tmp_path, recipe_file, cache):
     """The real CLI: a second sweep is refused naming the first; SIGKILL of the sweep stops its
     trainer (which checkpoints); a rerun resumes and logs every evaluation exactly once."""
-    from ladder.recipe import eval_steps, load_recipe
+    from ladder.recipe import load_recipe
+    from ladder.runplan import eval_steps
 
     S = tmp_path / "S"
     args = ("sweep", recipe_file, "--out", S, "--no-predict", "multipliers=[1]", "targets=[]")

@@ -147,7 +147,8 @@ import json, resource, sys
 import numpy as np, torch
 from accelerate import Accelerator
 from ladder.data.sequences import PackedSequences
-from ladder.recipe import from_dict, plan_run
+from ladder.recipe import from_dict
+from ladder.runplan import plan_run
 from ladder.train.host_memory import keep_freed_memory
 from ladder.train.loop import _train_step
 from ladder.train.setup import build_model, build_optimizer
@@ -175,7 +176,7 @@ print(json.dumps({"peak": rss() - base}))
 def test_memory_estimate_within_25_percent_of_measured_peak(size, seq, micro):
     """The first step's peak resident memory (fresh process, before glibc's heap fragments over
     later steps) against the estimate's total."""
-    from ladder.recipe import plan_run
+    from ladder.runplan import plan_run
     from ladder.sweep.estimate import memory_estimate
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

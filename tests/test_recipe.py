@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from ladder.recipe import (EvaluationConfig, RecipeError, eval_steps, from_dict, load_recipe, lr_lambda,
-                           paper_batch_tokens, paper_lr, plan_run)
+from ladder.recipe import EvaluationConfig, RecipeError, from_dict, load_recipe
+from ladder.runplan import eval_steps, lr_lambda, paper_batch_tokens, paper_lr, plan_run
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -101,6 +101,16 @@ def test_reads_the_paper_ladder(olmo_ladder_dir):
     assert target.n == 6_887_575_552 and len(target.evals) == 1
 
 
+def test_wide_exports_read_without_warnings(olmo_ladder_dir):
+    """A W&B export has hundreds of columns; reading one must not print pandas' fragmentation
+    warning (with its source line) at the user."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_runs(sorted(olmo_ladder_dir.glob("*.csv")))
+
+
 def test_wandb_step_only_export(tmp_path):
     """A plain W&B history export: `_step`, training rows without evaluations, no tokens."""
     acc = "eval/downstream/hellaswag_val_rc_5shot_len_norm"

@@ -20,8 +20,8 @@ import pytest
 
 from analysis.runlog import read_run
 from ladder.sweep.launcher import CHECKPOINT_EXIT_CODE, Job, Resources
-from ladder.sweep.slurm import (DONE, FAILED, QUEUED, REQUEUED, RUNNING, SbatchError, SlurmError,
-                          SlurmSweep, load_jobs, status)
+from ladder.sweep.slurm import SbatchError, SlurmError, SlurmSweep, load_jobs
+from ladder.sweep.slurm_status import DONE, FAILED, QUEUED, REQUEUED, RUNNING, status
 
 pytestmark = pytest.mark.slurm
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,8 +17,8 @@ import pytest
 from analysis.runlog import RunLogWriter, RunMeta
 from ladder.sweep.launcher import (CHECKPOINT_EXIT_CODE, Job, JobSpecError, Resources,
                              accelerate_launch_argv)
-from ladder.sweep.slurm import (DONE, FAILED, QUEUED, REQUEUED, RUNNING, SlurmSweep, _combine,
-                          _task_ids, final_sbatch_options)
+from ladder.sweep.slurm import SlurmSweep, _task_ids, final_sbatch_options
+from ladder.sweep.slurm_status import DONE, FAILED, QUEUED, REQUEUED, RUNNING, _combine
 from ladder.sweep.rundir import run_state
 
 ODD_ARGV = ["--note", "it's \"quoted\" $HOME `whoami` $(id) \\ back", "", "-leading-dash",

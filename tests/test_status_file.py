@@ -19,7 +19,7 @@ from ladder.exit_codes import (BAD_INPUT, COMPLETED, CRASHED, DIVERGED, DONE, EX
                                RETRY, RUNNING, next_action)
 from ladder.sweep.launcher import Job
 from ladder.sweep.local import run_local, visible_devices
-from ladder.sweep.slurm import action_function
+from ladder.sweep.slurm_script import action_function
 from ladder.train.status import STATUS_FILE, clear_status, read_status, write_status
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,7 +23,8 @@ def run(args) -> int:
     from pathlib import Path
 
     from ladder.recipe import RecipeError
-    from ladder.sweep.slurm import JOBS_JSON, SLURM_SUBDIR, SlurmError, status
+    from ladder.sweep.slurm import JOBS_JSON, SLURM_SUBDIR, SlurmError
+    from ladder.sweep.slurm_status import status
     from ladder.sweep.local import local_status
     from ladder.sweep.plan import SweepError
     from ladder.sweep.sweepdir import load_sweep

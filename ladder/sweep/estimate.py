@@ -85,7 +85,7 @@ class EvalShare:
 
 
 def eval_share(plan, task_tokens: int | None) -> EvalShare:
-    from ladder.recipe import eval_steps
+    from ladder.runplan import eval_steps
 
     r = plan.recipe
     n_eval = len(eval_steps(plan.total_steps, r.evaluation))

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ladder.recipe import Recipe, RecipeError, RunPlan, plan_run
+from ladder.recipe import Recipe, RecipeError
+from ladder.runplan import RunPlan, plan_run
 from ladder.units import si
 
 

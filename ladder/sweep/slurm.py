@@ -39,19 +39,13 @@ from typing import Any, Iterable, Sequence
 
 from analysis.files import atomic_write_text
 from ladder.train.status import PREVIOUS, STATUS_FILE
-from ladder.sweep.rundir import DONE_MARKER, RunState, run_state
-from ladder.units import si
-from ladder.exit_codes import (BAD_INPUT, COMPLETED, DIVERGED, DONE as DONE_ACTION, EXIT_BAD_INPUT, EXIT_DIVERGED,
-                               EXIT_OK, EXIT_PREEMPTED, GIVE_UP, PREEMPTED, REQUEUE, RETRY)
-from ladder.sweep.launcher import CHECKPOINT_EXIT_CODE, Job, JobSpecError, Resources, accelerate_options
+from ladder.sweep.rundir import DONE_MARKER, run_state
+from ladder.sweep.launcher import CHECKPOINT_EXIT_CODE, Job, JobSpecError, Resources
+from ladder.sweep.slurm_script import _comment, _launch_line, _sbatch_lines, action_function
 
 SLURM_SUBDIR = "slurm"
 JOBS_JSON = "jobs.json"
 JOBS_FORMAT = "ladder-slurm-jobs/1"
-
-# Rung states reported by :func:`status`.
-QUEUED, RUNNING, REQUEUED, DONE, FAILED, NOT_SUBMITTED = (
-    "queued", "running", "requeued", "done", "failed", "not submitted")
 
 _ACTIVE_SLURM = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD",
                  "REQUEUE_FED", "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "RESV_DEL_HOLD",
@@ -155,7 +149,7 @@ class ArrayGroup:
 
 @dataclass
 class SlurmSweep:
-    """A sweep's SLURM jobs: ``write()`` the scripts, ``submit()`` them, ``status()`` later.
+    """A sweep's SLURM jobs: ``write()`` the scripts, ``submit()`` them (status: :mod:`ladder.sweep.slurm_status`).
 
     ``rungs`` are generic jobs (name, argv, run_dir, resources): the caller decides what a rung
     runs. ``final`` (optional) runs once all rungs succeeded, e.g. the prediction.
@@ -335,9 +329,6 @@ class SlurmSweep:
             _run(["scontrol", "release", *held])
         return record
 
-    def status(self) -> "SweepStatus":
-        return status(self.sweep_dir)
-
 
 _RUNG_BODY = r"""
 CHECKPOINT_EXIT={checkpoint}   # the trainer saved a checkpoint on a signal: requeue, resume
@@ -393,84 +384,6 @@ if [ "$PREEMPT" -eq 1 ] || [ "$ACTION" = requeue ]; then requeue "checkpointed";
 if [ "$RESTARTS" -lt "$MAX_RETRIES" ]; then requeue "${{OUTCOME:-exit $RC}}, retry $(( RESTARTS + 1 ))/$MAX_RETRIES"; fi
 [ "$RC" -eq 0 ] && exit 1; exit "$RC"
 """
-
-
-def action_function() -> str:
-    """``ladder_action OUTCOME RC`` in bash: :func:`ladder.exit_codes.next_action`, which the
-    local backend uses, for the batch script (tests run both over every case)."""
-    return (
-        "# what next, from the run's status file (ladder.exit_codes.next_action)\n"
-        "ladder_action() {\n"
-        '  case "$1" in\n'
-        f'    {COMPLETED}) if [ "$2" -eq {EXIT_OK} ]; then echo {DONE_ACTION}; else echo {RETRY}; fi;;\n'
-        f"    {PREEMPTED}) echo {REQUEUE};;\n"
-        f'    {BAD_INPUT}|{DIVERGED}) echo "{GIVE_UP}";;\n'
-        '    "") case "$2" in\n'
-        f"          {EXIT_OK}) echo {DONE_ACTION};;\n"
-        f'          {EXIT_BAD_INPUT}|{EXIT_DIVERGED}) echo "{GIVE_UP}";;\n'
-        f"          {EXIT_PREEMPTED}) echo {REQUEUE};;\n"
-        f"          *) echo {RETRY};;\n"
-        "        esac;;\n"
-        f"    *) echo {RETRY};;\n"
-        "  esac\n"
-        "}")
-
-
-def _comment(text: object) -> str:
-    """Text safe inside a bash comment (a newline would end the comment)."""
-    return str(text).replace("\n", "\\n").replace("\r", "\\r")
-
-
-def _sbatch_lines(job_name: str, r: Resources, output: Path, workdir: Path) -> list[str]:
-    opts = [f"--job-name={job_name}", f"--output={output}", f"--chdir={workdir}",
-            f"--nodes={r.nodes}", "--ntasks-per-node=1"]
-    if r.gpus_per_node:
-        opts.append(f"--gpus-per-node={r.gpus_per_node}")
-    for key, flag in (("cpus_per_task", "--cpus-per-task"), ("mem", "--mem"),
-                      ("time", "--time"), ("partition", "--partition"),
-                      ("account", "--account"), ("qos", "--qos")):
-        value = getattr(r, key)
-        if value is not None:
-            opts.append(f"{flag}={value}")
-    opts += list(r.extra)
-    for o in opts:
-        if "\n" in o or any(c.isspace() for c in o.split("=", 1)[0]):
-            raise JobSpecError(f"sbatch option {o!r} is not one option")
-    return [f"#SBATCH {_quote_sbatch(o)}" for o in opts]
-
-
-def _quote_sbatch(opt: str) -> str:
-    """sbatch reads ``#SBATCH`` lines itself (no shell) and accepts a double-quoted value."""
-    if not any(c.isspace() for c in opt):
-        return opt
-    flag, _, value = opt.partition("=")
-    if '"' in value:
-        raise JobSpecError(f"sbatch option {opt!r}: a value with both spaces and '\"' "
-                           f"cannot be written in a #SBATCH line")
-    return f'{flag}="{value}"'
-
-
-def _launch_line(r: Resources) -> str:
-    """The step that runs a rung: plain ``srun CMD``, or ``accelerate launch`` on every node
-    with the machine rank read per node from ``SLURM_NODEID`` (hence the ``bash -c``)."""
-    # srun does not inherit sbatch's --cpus-per-task (SLURM >= 22.05): a step would get 1 CPU
-    cpus = f" --cpus-per-task={r.cpus_per_task}" if r.cpus_per_task else ""
-    if not r.distributed:
-        return f'srun --nodes=1 --ntasks=1{cpus} "${{CMD[@]}}"'
-    opts = accelerate_options(r, main_process_ip="@ADDR@", main_process_port="@PORT@")
-    words = " ".join({"@ADDR@": '"$MASTER_ADDR"', "@PORT@": '"$MASTER_PORT"'}.get(w, shlex.quote(w))
-                     for w in opts)
-    return ("# accelerate from the rung's own interpreter when CMD starts with one\n"
-            'case "$(basename "${CMD[0]}")" in\n'
-            '  python*) ACCEL=("${CMD[0]}" -m accelerate.commands.launch);;\n'
-            "  *) ACCEL=(accelerate launch);;\n"
-            "esac\n"
-            f"ACCEL+=({words})\n"
-            "# one task per node; each passes its own SLURM_NODEID as the machine rank. The launcher\n"
-            "# ignores USR1 (inherited through exec) so only the trainer processes act on it.\n"
-            f"srun --nodes={r.nodes} --ntasks-per-node=1{cpus} --kill-on-bad-exit=1 "
-            "bash -c 'trap \"\" USR1; n=$1; shift; exec \"${@:1:n}\" --machine_rank \"$SLURM_NODEID\" "
-            "--no_python \"${@:n+1}\"' ladder-rank \"${#ACCEL[@]}\" \"${ACCEL[@]}\" \"${CMD[@]}\"")
 
 
 # ---------------------------------------------------------------------------- SLURM commands
@@ -560,123 +473,6 @@ def _append_record(path: Path, record: dict[str, Any], rungs: Iterable[Job]) -> 
         data["rungs"][j.name] = {"run_dir": str(j.run_dir)}
     data["submissions"].append(record)
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
-
-
-@dataclass
-class RungStatus:
-    name: str
-    state: str  # queued / running / requeued / done / failed / not submitted
-    run_dir: str
-    job_id: str | None = None  # "ARRAY_TASK"
-    slurm_state: str | None = None
-    restarts: int = 0
-    reason: str | None = None
-    tokens: float | None = None
-    target_tokens: float | None = None
-    loss: float | None = None
-    evals: int = 0
-    log: str | None = None
-
-
-@dataclass
-class SweepStatus:
-    rungs: list[RungStatus]
-    final: dict[str, Any] | None = None  # job_id, state, reason, log
-
-    @property
-    def all_done(self) -> bool:
-        return all(r.state == DONE for r in self.rungs)
-
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for r in self.rungs:
-            out[r.state] = out.get(r.state, 0) + 1
-        return out
-
-    def to_json(self) -> dict[str, Any]:
-        return {"rungs": [asdict(r) for r in self.rungs], "final": self.final,
-                "counts": self.counts()}
-
-    def table(self) -> str:
-        head = ("rung", "state", "job", "slurm", "restarts", "tokens", "target", "loss")
-        rows = [head]
-        for r in self.rungs:
-            rows.append((r.name, r.state, r.job_id or "-", r.slurm_state or "-", str(r.restarts),
-                         si(r.tokens, 3), si(r.target_tokens, 3),
-                         f"{r.loss:.4f}" if r.loss is not None else "-"))
-        widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-        text = "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
-                         for row in rows)
-        if self.final:
-            text += (f"\nfinal job {self.final['job_id']}: {self.final['state']}"
-                     + (f" ({self.final['reason']})" if self.final.get("reason") not in
-                        (None, "None") else ""))
-        return text
-
-
-def _slurm_records(submission: dict[str, Any]) -> dict[str, dict[str, str]]:
-    """rung name -> its array task's scontrol record (from the latest submission)."""
-    out: dict[str, dict[str, str]] = {}
-    for array in submission.get("arrays", []):
-        by_task = {t["task"]: t for t in array["tasks"]}
-        for rec in scontrol_jobs(array["job_id"]):
-            for task in _task_ids(rec.get("ArrayTaskId", "")):
-                if task in by_task:
-                    out[by_task[task]["rung"]] = {**rec, "_task": f"{array['job_id']}_{task}",
-                                                  "_log": by_task[task]["log"]}
-    return out
-
-
-def status(sweep_dir: str | os.PathLike) -> SweepStatus:
-    """Per-rung state from SLURM (``scontrol show job``; no accounting database needed) and the
-    run directories (tokens, last loss, done). A rung SLURM no longer knows is done or failed
-    by its run directory alone."""
-    data = load_jobs(sweep_dir)
-    subs = data["submissions"]
-    latest = subs[-1] if subs else {}
-    have_slurm = shutil.which("scontrol") is not None  # else: from the run directories alone
-    slurm = _slurm_records(latest) if latest and have_slurm else {}
-    submitted = {t["rung"]: (a["job_id"], t) for a in latest.get("arrays", []) for t in a["tasks"]}
-    rungs = []
-    for name, info in data["rungs"].items():
-        rs = run_state(info["run_dir"])
-        st = RungStatus(name=name, state=NOT_SUBMITTED, run_dir=info["run_dir"],
-                        tokens=rs.tokens, target_tokens=rs.target_tokens, loss=rs.loss,
-                        evals=rs.evals)
-        rec = slurm.get(name)
-        if name in submitted:
-            array_id, task = submitted[name]
-            st.job_id, st.log = f"{array_id}_{task['task']}", task["log"]
-        if rec:
-            st.slurm_state = rec.get("JobState")
-            st.restarts = int(rec.get("Restarts", "0") or 0)
-            st.reason = rec.get("Reason")
-        st.state = (_combine(rs, st.slurm_state, st.restarts, name in submitted) if have_slurm
-                    else DONE if rs.done else f"unknown ({rs.state}; scontrol not found)")
-        rungs.append(st)
-    final = None
-    if latest.get("final"):
-        f = latest["final"]
-        recs = scontrol_jobs(f["job_id"]) if have_slurm else []
-        rec = recs[0] if recs else {}
-        final = {"job_id": f["job_id"], "name": f.get("name"), "log": f.get("log"),
-                 "state": rec.get("JobState", "UNKNOWN (no longer in SLURM)"),
-                 "reason": rec.get("Reason")}
-    return SweepStatus(rungs, final)
-
-
-def _combine(rs: RunState, slurm_state: str | None, restarts: int, submitted: bool) -> str:
-    if slurm_state in ("RUNNING", "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT"):
-        return RUNNING
-    if slurm_state in ("REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"):
-        return REQUEUED
-    if slurm_state in ("PENDING", "SUSPENDED", "RESV_DEL_HOLD", "STOPPED"):
-        return REQUEUED if restarts > 0 else QUEUED
-    if rs.done:
-        return DONE
-    if slurm_state is not None or submitted:
-        return FAILED  # ended (FAILED, CANCELLED, TIMEOUT, NODE_FAIL, ...) or forgotten, unfinished
-    return NOT_SUBMITTED
 
 
 def active_jobs(sweep_dir: str | os.PathLike) -> list[str]:

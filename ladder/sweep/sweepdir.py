@@ -26,7 +26,8 @@ from pathlib import Path
 import yaml
 
 from analysis.files import atomic_write_text
-from ladder.recipe import Recipe, RunPlan, load_recipe
+from ladder.recipe import Recipe, load_recipe
+from ladder.runplan import RunPlan
 from ladder.sweep.launcher import Job, Resources
 from ladder.sweep.plan import SweepError, SweepPlan, plan_sweep
 

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from analysis.runlog import TRAIN_LOSS
 from ladder.data.sequences import PackedSequences
 from ladder.exit_codes import COMPLETED, DIVERGED, EXIT_OK, EXIT_PREEMPTED, PREEMPTED
-from ladder.recipe import Recipe, RunPlan, eval_steps
+from ladder.recipe import Recipe
+from ladder.runplan import RunPlan, eval_steps
 from ladder.train import checkpoint as ckpt
 from ladder.train.loss import next_token_loss
 from ladder.train.setup import RunContext, setup

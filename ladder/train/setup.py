@@ -19,7 +19,8 @@ from ladder.data.pipeline import TokenData, prepare_data
 from ladder.data.sequences import BatchSampler, PackedSequences
 from ladder.data.tokenizer import token_byte_lengths
 from ladder.presets import embedding_rows
-from ladder.recipe import Recipe, RunPlan, eval_steps, lr_lambda, plan_run
+from ladder.recipe import Recipe
+from ladder.runplan import RunPlan, eval_steps, lr_lambda, plan_run
 from ladder.train import checkpoint as ckpt
 from ladder.train.binding import claim_run_dir
 from ladder.train.host_memory import keep_freed_memory

@@ -40,7 +40,8 @@ def _setup(args):
 
     from ladder.data.pipeline import DataConfig, ModelConfig, prepare_data
     from ladder.data.sequences import PackedSequences
-    from ladder.recipe import from_dict, plan_run
+    from ladder.recipe import from_dict
+    from ladder.runplan import plan_run
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -75,7 +76,7 @@ def run_ours(args) -> dict:
 
     from ladder.data.sequences import BatchSampler
     from ladder.train.host_memory import keep_freed_memory
-    from ladder.recipe import lr_lambda
+    from ladder.runplan import lr_lambda
     from ladder.train.loop import _train_step, build_model, build_optimizer
 
     recipe, plan, seqs = _setup(args)
