@@ -171,14 +171,19 @@ def test_two_sweeps_on_one_directory_and_a_killed_sweep(tmp_path, recipe_file, c
     from ladder.runplan import eval_steps
 
     S = tmp_path / "S"
-    args = ("sweep", recipe_file, "--out", S, "--no-predict", "multipliers=[1]", "targets=[]")
+    # 4xC: the rung must outlive the second sweep's start-up on an idle machine
+    args = ("sweep", recipe_file, "--out", S, "--no-predict", "multipliers=[4]", "targets=[]")
     first = ladder(*args, cache=cache, background=True, start_new_session=True)
     try:
         _wait(lambda: read_holder(S).get("pid") == first.pid, 120,
               "the first sweep to hold the directory")
-        one_line_error(ladder(*args, cache=cache), f"in use by pid {first.pid}")
+        os.kill(first.pid, signal.SIGSTOP)  # it cannot finish (and release) while the second starts
+        try:
+            one_line_error(ladder(*args, cache=cache), f"in use by pid {first.pid}")
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
         trainer = _wait(lambda: _children(first.pid), 60, "the sweep to start its trainer")[0]
-        run_dir = S / "runs" / "tiny-9k-1xC"
+        run_dir = S / "runs" / "tiny-9k-4xC"
         _wait(lambda: (run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").stat().st_size,
               240, "the trainer's first evaluation")
         os.kill(first.pid, signal.SIGKILL)  # no handler runs in the sweep
@@ -192,7 +197,7 @@ def test_two_sweeps_on_one_directory_and_a_killed_sweep(tmp_path, recipe_file, c
     recipe = load_recipe(S / "recipe.yaml")
     meta = json.loads((run_dir / "run.json").read_text())
     assert [r["step"] for r in rows(run_dir)] == eval_steps(meta["total_steps"], recipe.evaluation)
-    assert "resuming" in (S / "logs" / "tiny-9k-1xC.log").read_text()
+    assert "resuming" in (S / "logs" / "tiny-9k-4xC.log").read_text()
 
 
 # ---------------------------------------------------------------------------- 2. recipe binding

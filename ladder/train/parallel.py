@@ -14,6 +14,8 @@ activation checkpointing and resumed from its checkpoint without the sweep refus
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
@@ -123,6 +125,12 @@ def build_accelerator(settings: SizeParallel, *, cpu_only: bool, mixed_precision
             reshard_after_forward=settings.reshard_after_forward,
             state_dict_type="SHARDED_STATE_DICT", cpu_ram_efficient_loading=False,
             mixed_precision_policy=policy)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        from accelerate.state import AcceleratorState
+
+        # A second train() in one process (a notebook, a test) may use another precision or
+        # strategy; accelerate would keep the first one's for the whole process.
+        AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(
         cpu=cpu_only, mixed_precision=mixed_precision, step_scheduler_with_optimizer=False,
         log_with=log_with, fsdp_plugin=plugin,
