@@ -1,4 +1,6 @@
-"""SLURM backend for sweeps: sbatch scripts, submission, preemption, per-rung status.
+"""SLURM backend for sweeps: sbatch scripts, submission, preemption. The script lines are in
+:mod:`ladder.sweep.slurm_script`, per-rung status in :mod:`ladder.sweep.slurm_status`; what stays
+here (~500 lines) is one concern, a sweep's jobs from recipe block to submitted array.
 
 Layout written under ``SWEEP_DIR/slurm/``:
   ``array-<k>.sbatch``  one job ARRAY per group of rungs with identical resources (a SLURM
