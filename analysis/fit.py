@@ -259,12 +259,13 @@ def minimize_newton_stacked(obj: BatchObjective, theta0: np.ndarray, *,
             dec = 0.5 * np.einsum("bp,bp->b", gf, _solve(Hf, gf))
             done = np.isfinite(loss) & (dec <= tol * np.maximum(1.0, np.abs(loss)))
             ok[rows[done]] = True
-            keep = ~done
-            if not keep.any():
-                break
-            rows, loss, grad, H = rows[keep], loss[keep], grad[keep], H[keep]
-            gf, Hf = gf[keep], Hf[keep]
-            sub = _subset(obj, rows)
+            if done.any():  # drop the finished rows (most iterations finish none)
+                keep = ~done
+                if not keep.any():
+                    break
+                rows, loss, grad, H = rows[keep], loss[keep], grad[keep], H[keep]
+                gf, Hf = gf[keep], Hf[keep]
+                sub = _subset(obj, rows)
             diag = np.einsum("bpp->bp", Hf)
             A = Hf + (lam[rows][:, None] * np.maximum(diag, 1e-12))[:, :, None] * eye
             cand = np.clip(theta[rows] - _solve(A, gf), lo, hi)

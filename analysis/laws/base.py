@@ -50,6 +50,7 @@ class Law:
     def objective(self, F: np.ndarray, z: np.ndarray, w: np.ndarray):
         """Batch objective for weights w (n,) or (S, n): weighted mean loss per row."""
         w = np.asarray(w, dtype=float)
+        w_sum = w.sum(axis=-1)  # per row: what summing w broadcast to each row gives
         if w.ndim == 2:  # per-replicate weights: allow restricting to some replicates
             def with_rows(rows):
                 return self.objective(F, z, w[rows])
@@ -70,16 +71,15 @@ class Law:
                     curv = 1.0 / (self.delta * np.maximum(np.abs(r), self.delta))
                 else:  # exact second derivative
                     curv = (np.abs(r) <= self.delta) / self.delta ** 2
-            W = np.broadcast_to(w, r.shape)
-            tot = W.sum(axis=-1)
-            loss = (W * val).sum(axis=-1) / tot
-            grad = np.matmul((W * der)[:, None, :], J)[:, 0, :] / tot[:, None]
+            tot = np.broadcast_to(w_sum, r.shape[:1])
+            loss = (w * val).sum(axis=-1) / tot
+            grad = np.matmul((w * der)[:, None, :], J)[:, 0, :] / tot[:, None]
             bad = ~np.isfinite(loss)
             if bad.any():
                 loss = np.where(bad, np.inf, loss)
                 grad = np.where(bad[:, None], 0.0, grad)
             if hessian:  # Gauss-Newton, for the convergence test
-                H = np.matmul(np.swapaxes(J * (W * curv)[..., None], 1, 2), J) / tot[:, None, None]
+                H = np.matmul(np.swapaxes(J * (w * curv)[..., None], 1, 2), J) / tot[:, None, None]
                 return loss, grad, H
             return loss, grad
 

@@ -18,8 +18,11 @@ def sigmoid_model(theta: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndar
     sig = 1.0 / (1.0 + np.exp(t))  # high accuracy at low loss
     pred = lo + (hi - lo) * sig
     dsig = -sig * (1 - sig)  # d sig / d t
-    J = np.stack(np.broadcast_arrays(1 - sig, sig, (hi - lo) * dsig * (x - x0),
-                                     -(hi - lo) * dsig * s), axis=-1)
+    J = np.empty(pred.shape + (4,))  # filled, not stacked: stacking copies twice
+    J[..., 0] = 1 - sig
+    J[..., 1] = sig
+    J[..., 2] = (hi - lo) * dsig * (x - x0)
+    J[..., 3] = -(hi - lo) * dsig * s
     return pred, J
 
 

@@ -15,12 +15,35 @@ from analysis.laws.base import Law
 E_FRACTIONS = (0.05, 0.25, 0.5, 0.75, 0.9)
 
 
-def _lse(T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """log-sum-exp over the last axis and its softmax weights."""
-    m = T.max(axis=-1, keepdims=True)
-    e = np.exp(T - m)
-    s = e.sum(axis=-1, keepdims=True)
-    return (m + np.log(s))[..., 0], e / s
+def _lse_terms(*terms: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """log-sum-exp of a few same-shape arrays and its softmax weights, term by term (max,
+    exp(t - max), sum left to right, log): numpy's reductions over a stacked length-2 or -3
+    axis cost more than the arithmetic, and these run thousands of times per prediction."""
+    m = terms[0]
+    for t in terms[1:]:
+        m = np.maximum(m, t)
+    e = [np.exp(t - m) for t in terms]
+    s = e[0]
+    for x in e[1:]:
+        s = s + x
+    return m + np.log(s), [x / s for x in e]
+
+
+def _two_term_model(e, a, b, al, be, F, tied: bool):
+    """log L = LSE(a - al lN, b - be lD, e) and its Jacobian in (e, a, b, al, be), or in
+    (e, a, b, al) with ``tied`` (al = be)."""
+    lN, lD = F[0][None, :], F[1][None, :]
+    pred, (s0, s1, s2) = _lse_terms(a - al * lN, b - be * lD, e + 0 * lN)
+    J = np.empty(pred.shape + (4 if tied else 5,))
+    J[..., 0] = s2
+    J[..., 1] = s0
+    J[..., 2] = s1
+    if tied:
+        J[..., 3] = -s0 * lN + -s1 * lD
+    else:
+        J[..., 3] = -s0 * lN
+        J[..., 4] = -s1 * lD
+    return pred, J
 
 
 def power_law_starts(z: np.ndarray, centers, coefs: np.ndarray,
@@ -80,12 +103,8 @@ class ChinchillaLaw(Law):
         return self._raw(n, d) - self.center_[:, None]
 
     def _model(self, theta, F):
-        e, a, b, al, be = (theta[:, i:i + 1] for i in range(5))
-        lN, lD = F[0][None, :], F[1][None, :]
-        T = np.stack(np.broadcast_arrays(a - al * lN, b - be * lD, e + 0 * lN), axis=-1)
-        pred, s = _lse(T)
-        J = np.stack([s[..., 2], s[..., 0], s[..., 1], -s[..., 0] * lN, -s[..., 1] * lD], -1)
-        return pred, J
+        return _two_term_model(theta[:, 0:1], theta[:, 1:2], theta[:, 2:3], theta[:, 3:4],
+                               theta[:, 4:5], F, tied=False)
 
     def _target(self, y):
         if np.any(y <= 0):
@@ -123,9 +142,8 @@ class TiedChinchillaLaw(ChinchillaLaw):
     # optimiser space: theta = (e, a', b', alpha)
 
     def _model(self, theta, F):
-        full = np.concatenate([theta, theta[:, 3:4]], axis=1)
-        pred, J = super()._model(full, F)
-        return pred, np.concatenate([J[..., :3], J[..., 3:4] + J[..., 4:5]], axis=-1)
+        al = theta[:, 3:4]
+        return _two_term_model(theta[:, 0:1], theta[:, 1:2], theta[:, 2:3], al, al, F, tied=True)
 
     def _grid(self, F, z, w):
         g = super()._grid(F, z, w)
@@ -167,9 +185,11 @@ class ComputeLaw(Law):
     def _model(self, theta, F):
         e, a, al = (theta[:, i:i + 1] for i in range(3))
         lC = F[0][None, :]
-        T = np.stack(np.broadcast_arrays(a - al * lC, e + 0 * lC), axis=-1)
-        pred, s = _lse(T)
-        J = np.stack([s[..., 1], s[..., 0], -s[..., 0] * lC], -1)
+        pred, (s0, s1) = _lse_terms(a - al * lC, e + 0 * lC)
+        J = np.empty(pred.shape + (3,))
+        J[..., 0] = s1
+        J[..., 1] = s0
+        J[..., 2] = -s0 * lC
         return pred, J
 
     _target = ChinchillaLaw._target
