@@ -53,8 +53,8 @@ def extrapolation(fit_n, fit_d, n: float, d: float) -> tuple[float, float]:
 
 
 def _z(level: float) -> float:
-    from scipy.stats import norm
-    return float(norm.ppf(0.5 + level / 2))
+    from scipy.special import ndtri  # norm.ppf, without importing scipy.stats (~0.5 s)
+    return float(ndtri(0.5 + level / 2))
 
 
 FORMAT = "ladder-calibration/1"
