@@ -3,13 +3,14 @@ step 2 and the chained prediction (ladder points coloured by size, target marked
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 
-from analysis.parallel import parallel_map
+from analysis.parallel import default_workers, parallel_map
 from analysis.predict import Prediction
 from analysis.files import atomic_write_text
 
@@ -91,9 +92,9 @@ def write_markdown(preds: list[Prediction], path, title: str, config=None, plots
 
 
 def _size_colors(preds: list[Prediction]):
-    import matplotlib.pyplot as plt
+    import matplotlib
     ns = sorted({s.n for p in preds for s in p.model.series})
-    cmap = plt.get_cmap(SIZE_CMAP)
+    cmap = matplotlib.colormaps[SIZE_CMAP]
     return {n: cmap(i / max(len(ns) - 1, 1) * 0.9) for i, n in enumerate(ns)}
 
 
@@ -106,11 +107,14 @@ def _label(n: float) -> str:
 
 
 def _grid(k: int):
-    import matplotlib.pyplot as plt
+    # a bare Figure (Agg canvas), not pyplot: pyplot's import and figure manager cost more
+    # than a figure, and nothing here is shown on screen
+    from matplotlib.figure import Figure
     cols = min(4, k)
     rows = math.ceil(k / cols)
     # at least 5.5 in wide so a one-task figure keeps room for its legend
-    fig, axes = plt.subplots(rows, cols, figsize=(max(3.4 * cols, 5.5), 2.9 * rows), squeeze=False)
+    fig = Figure(figsize=(max(3.4 * cols, 5.5), 2.9 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[k:]:
         ax.set_visible(False)
     return fig, axes.flat
@@ -145,9 +149,17 @@ def _finish(fig, handles, path):
     fig.subplots_adjust(left=0.8 / width, right=1 - 0.1 / width, top=1 - 0.14 / rows, bottom=0.3 / rows + 0.02,
                         wspace=0.32, hspace=0.55)
     fig.savefig(path, dpi=130)
-    import matplotlib.pyplot as plt
-    plt.close(fig)
     return Path(path)
+
+
+def _scatter_runs(ax, series, ys, colors) -> None:
+    """Each run's final point at its compute, coloured by size: one scatter per stretch of
+    consecutive runs of one size (a scatter per run cost more than drawing it; one scatter of
+    many colours would draw the markers differently), in run order."""
+    for _, group in itertools.groupby(zip(series, ys), key=lambda t: t[0].n):
+        group = list(group)
+        ax.scatter([6 * s.n * s.d for s, _ in group], [y for _, y in group],
+                   color=colors[group[0][0].n], s=18, zorder=3)
 
 
 def _legend_handles(colors, with_actual):
@@ -166,9 +178,7 @@ def plot_step1(preds: list[Prediction], path) -> Path:
     fig, axes = _grid(len(preds))
     for ax, p in zip(axes, preds):
         m = p.model
-        for s in m.series:
-            c = colors[s.n]
-            ax.scatter(6 * s.n * s.d, np.mean(s.feature[-m.config.last:]), color=c, s=18, zorder=3)
+        _scatter_runs(ax, m.series, [np.mean(s.feature[-m.config.last:]) for s in m.series], colors)
         for n in colors:
             ds = np.geomspace(min(s.d for s in m.series) / 2, p_d(p) * 1.5, 60)
             ax.plot(6 * n * ds, m.predict_loss(np.full_like(ds, n), ds), color=colors[n], lw=0.8, alpha=0.7)
@@ -233,8 +243,7 @@ def plot_chained(preds: list[Prediction], path) -> Path:
     fig, axes = _grid(len(preds))
     for ax, p in zip(axes, preds):
         m = p.model
-        for s in m.series:
-            ax.scatter(6 * s.n * s.d, np.mean(s.acc[-m.config.last:]), color=colors[s.n], s=18, zorder=3)
+        _scatter_runs(ax, m.series, [np.mean(s.acc[-m.config.last:]) for s in m.series], colors)
         dmin = min(s.d for s in m.series) / 2
         for n in colors:
             ds = np.geomspace(dmin, max(s.d for s in m.series) * 1.5, 50)
@@ -269,8 +278,13 @@ def write_report(preds: list[Prediction], out_dir, title: str, config=None, plot
         jobs = [(plot_chained, out / "chained.png")]
         if any(p.model is not None and p.model.single is None for p in preds):
             jobs = [(plot_step1, out / "step1.png"), (plot_step2, out / "step2.png")] + jobs
-        # rendering dominates; the figures are independent
-        pngs = parallel_map(lambda job: job[0](preds, job[1]), jobs)
+        # rendering dominates; the figures are independent: one process each (3 figures on
+        # 2 workers left one process drawing two), matplotlib imported once before the fork
+        import matplotlib.figure  # noqa: F401
+        from matplotlib.backends import backend_agg  # noqa: F401
+        workers = default_workers()
+        pngs = parallel_map(lambda job: job[0](preds, job[1]), jobs,
+                            len(jobs) if workers > 1 else 1)
     files["markdown"] = write_markdown(preds, out / "report.md", title, config, pngs, extra)
     for p_ in pngs:
         files[p_.stem] = p_
