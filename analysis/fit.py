@@ -238,17 +238,25 @@ def minimize_stacked(obj: BatchObjective, theta0: np.ndarray, *, bounds: np.ndar
 
 def minimize_newton_stacked(obj: BatchObjective, theta0: np.ndarray, *,
                             bounds: np.ndarray | None = None, tol: float = 1e-8,
-                            maxiter: int = 400) -> tuple[np.ndarray, np.ndarray]:
+                            maxiter: int = 400,
+                            blocks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """B independent refits from a nearby start (bootstrap replicates), vectorised:
     Levenberg-Marquardt steps on the Gauss-Newton / IRLS curvature (the Huber majoriser,
     so accepted steps always decrease the loss), projected onto the bounds; each row stops
     when its Newton decrement is below ``tol`` x max(1, loss). Only unfinished rows are
-    evaluated. Returns (theta (B, p), converged (B,))."""
+    evaluated. Returns (theta (B, p), converged (B,)).
+
+    ``bounds`` is (p, 2), or (B, p, 2) for rows of several problems stacked together, whose
+    ``blocks`` (B,) label each row's problem: every row then takes exactly the steps it takes
+    when its problem is refitted alone (rows never interact; see :func:`_solve`)."""
     theta = np.array(theta0, dtype=float)
     B, p = theta.shape
     lam = np.full(B, 1e-4)
     ok = np.zeros(B, bool)
-    lo, hi = (bounds[:, 0], bounds[:, 1]) if bounds is not None else (-np.inf, np.inf)
+    bounds = None if bounds is None else np.asarray(bounds, dtype=float)
+    lo_all, hi_all = (bounds[..., 0], bounds[..., 1]) if bounds is not None else (-np.inf, np.inf)
+    per_row = bounds is not None and bounds.ndim == 3
+    lo, hi = lo_all, hi_all
     eye = np.eye(p)
     with single_threaded_blas():
         rows = np.arange(B)
@@ -256,7 +264,8 @@ def minimize_newton_stacked(obj: BatchObjective, theta0: np.ndarray, *,
         loss, grad, H = sub(theta, hessian="irls")
         for _ in range(maxiter):
             gf, Hf = _free_system(theta[rows], grad, H, lo, hi)
-            dec = 0.5 * np.einsum("bp,bp->b", gf, _solve(Hf, gf))
+            blk = blocks[rows] if blocks is not None else None
+            dec = 0.5 * np.einsum("bp,bp->b", gf, _solve(Hf, gf, blk))
             done = np.isfinite(loss) & (dec <= tol * np.maximum(1.0, np.abs(loss)))
             ok[rows[done]] = True
             if done.any():  # drop the finished rows (most iterations finish none)
@@ -264,11 +273,13 @@ def minimize_newton_stacked(obj: BatchObjective, theta0: np.ndarray, *,
                 if not keep.any():
                     break
                 rows, loss, grad, H = rows[keep], loss[keep], grad[keep], H[keep]
-                gf, Hf = gf[keep], Hf[keep]
+                gf, Hf, blk = gf[keep], Hf[keep], blk[keep] if blk is not None else None
                 sub = _subset(obj, rows)
+                if per_row:
+                    lo, hi = lo_all[rows], hi_all[rows]
             diag = np.einsum("bpp->bp", Hf)
             A = Hf + (lam[rows][:, None] * np.maximum(diag, 1e-12))[:, :, None] * eye
-            cand = np.clip(theta[rows] - _solve(A, gf), lo, hi)
+            cand = np.clip(theta[rows] - _solve(A, gf, blk), lo, hi)
             lc, gc, Hc = sub(cand, hessian="irls")
             better = np.isfinite(lc) & (lc <= loss)
             theta[rows[better]] = cand[better]
@@ -281,11 +292,19 @@ def minimize_newton_stacked(obj: BatchObjective, theta0: np.ndarray, *,
     return theta, ok
 
 
-def _solve(A: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _solve(A: np.ndarray, b: np.ndarray, blocks: np.ndarray | None = None) -> np.ndarray:
+    """Batched solve; if any matrix is singular, the pseudo-inverse for the whole batch, or
+    with ``blocks`` for each block that has a singular one (as if solved block by block)."""
     try:
         return np.linalg.solve(A, b[..., None])[..., 0]
     except np.linalg.LinAlgError:
-        return np.einsum("bpq,bq->bp", np.linalg.pinv(A), b)
+        if blocks is None:
+            return np.einsum("bpq,bq->bp", np.linalg.pinv(A), b)
+        out = np.empty_like(b)
+        for k in np.unique(blocks):
+            m = blocks == k
+            out[m] = _solve(A[m], b[m])
+        return out
 
 
 def _free_system(theta, grad, H, lo, hi):

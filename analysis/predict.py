@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from analysis.files import json_safe
-from analysis.parallel import parallel_map
+from analysis.parallel import default_workers, parallel_map
 from analysis.runlog import RunLog
 from analysis.metrics import TaskSpec, resolve_tasks
 from analysis.twostep import (TaskModel, TwoStepConfig, feature_columns, fit_task, task_accuracy,
                               task_feature)
 from analysis.calibration import Calibration, extrapolation
 from analysis.trust import grade_task, task_noise
-from analysis.uncertainty import bootstrap_samples, interval_from
+from analysis.uncertainty import bootstrap_samples_many, interval_from
 
 
 @dataclass(frozen=True)
@@ -129,22 +129,38 @@ def predict_targets(runs: list[RunLog], targets: list[Target], tasks="paper",
     fit_n = [float(r.n) for r in runs]
     fit_d = [float(r.d) for r in runs]
 
-    def one_task(item):
-        name, task = item
-        model = fit_task(runs, task, config)
-        preds = [_point(model, name, task, t, actuals.get(t.name), fit_n, fit_d) for t in targets]
+    def one_chunk(chunk):
+        """Fit a share of the tasks; their bootstraps run stacked (one refit, not one per task)."""
+        models = [fit_task(runs, task, config) for _, task in chunk]
+        out = [[_point(m, name, task, t, actuals.get(t.name), fit_n, fit_d) for t in targets]
+               for m, (name, task) in zip(models, chunk)]
         if intervals:
-            _add_intervals(model, preds, targets, actuals, n_boot, seed, keep_samples, calibration)
+            last = config.last
+            # the noise term assumes each actual averages `last` evaluations (fewer if short)
+            n_eval = min([last] + [len(a.evals) for t in targets
+                                   if (a := actuals.get(t.name)) is not None])
+            bss = bootstrap_samples_many(models, [t.n for t in targets], [t.d for t in targets],
+                                         n_boot=n_boot, seed=seed, n_actual_evals=n_eval)
+            for preds, bs in zip(out, bss):
+                _add_intervals(preds, bs, keep_samples, calibration)
         if grades:
-            g = grade_task(name, task_noise(runs, task, config.feature, config.last),
-                           calibration=calibration, converged=model.converged,
-                           dropped_frac=preds[0].interval_info.get("dropped_frac", 0.0))
-            for p in preds:
-                p.grade = g
-        return preds
+            for m, (name, task), preds in zip(models, chunk, out):
+                g = grade_task(name, task_noise(runs, task, config.feature, config.last),
+                               calibration=calibration, converged=m.converged,
+                               dropped_frac=preds[0].interval_info.get("dropped_frac", 0.0))
+                for p in preds:
+                    p.grade = g
+        return out
 
+    # each worker takes every w-th task, as parallel_map would hand them out one by one
+    w = max(1, min(default_workers() if workers is None else workers, len(items)))
+    chunks = [items[i::w] for i in range(w)]
+    by_task = {}
+    for chunk, res in zip(chunks, parallel_map(one_chunk, chunks, w)):
+        by_task.update(zip((name for name, _ in chunk), res))
     out = []
-    for preds in parallel_map(one_task, items, workers):
+    for name, _ in items:
+        preds = by_task[name]
         for p in preds:
             for m in p.warnings:
                 warn(m)
@@ -166,13 +182,8 @@ def _point(model, name, task, target, actual, fit_n, fit_d) -> Prediction:
     return p
 
 
-def _add_intervals(model, preds, targets, actuals, n_boot, seed, keep_samples, calibration):
+def _add_intervals(preds, bs, keep_samples, calibration):
     """Raw bootstrap interval of every target from one bootstrap, then the calibration."""
-    last = model.config.last
-    # the noise term assumes each actual averages `last` evaluations (fewer if its log is short)
-    n_eval = min([last] + [len(a.evals) for t in targets if (a := actuals.get(t.name)) is not None])
-    bs = bootstrap_samples(model, [t.n for t in targets], [t.d for t in targets], n_boot=n_boot,
-                           seed=seed, n_actual_evals=n_eval)
     for j, p in enumerate(preds):
         iv = interval_from(bs, j, keep_samples=keep_samples)
         acc = p.pred_acc

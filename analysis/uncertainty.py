@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from analysis.laws.stacked import bootstrap_many
 from analysis.twostep import TaskModel, moving_average
 
 
@@ -97,19 +98,45 @@ def bootstrap_samples(model: TaskModel, n, d, *, n_boot: int = 200, seed: int = 
                       n_actual_evals: int = 1, stratify: bool = False) -> BootstrapSamples:
     """One run-level bootstrap of ``model``, evaluated at every target (n, d) (arrays): a
     backtest with several held-out runs refits the replicates once, not once per run."""
-    rng = np.random.default_rng(seed)
+    return bootstrap_samples_many([model], n, d, n_boot=n_boot, seed=seed,
+                                  n_actual_evals=n_actual_evals, stratify=stratify)[0]
+
+
+def bootstrap_samples_many(models: list[TaskModel], n, d, *, n_boot: int = 200, seed: int = 0,
+                           n_actual_evals: int = 1, stratify: bool = False) -> list[BootstrapSamples]:
+    """:func:`bootstrap_samples` of several task models (each with its own generator seeded
+    with ``seed``, as if alone), their refits stacked where they share inputs
+    (:func:`analysis.laws.stacked.bootstrap_many`): same replicates, less per-iteration cost."""
     n, d = np.atleast_1d(np.asarray(n, float)), np.atleast_1d(np.asarray(d, float))
-    strata = np.unique([s.n for s in model.series], return_inverse=True)[1] if stratify else None
-    W = run_bootstrap_weights(len(model.series), n_boot, rng, strata)
+    rngs, Ws = [], []
+    for model in models:
+        rng = np.random.default_rng(seed)
+        strata = np.unique([s.n for s in model.series], return_inverse=True)[1] if stratify else None
+        Ws.append(run_bootstrap_weights(len(model.series), n_boot, rng, strata))
+        rngs.append(rng)
+    one = [i for i, m in enumerate(models) if m.single is not None]
+    two = [i for i, m in enumerate(models) if m.single is None]
+    fits: dict[int, tuple] = {}
+    for i, res in zip(one, bootstrap_many([models[i].single for i in one], [Ws[i] for i in one])):
+        fits[i] = (res,)
+    w1 = [Ws[i][:, models[i].data1.run] / np.bincount(models[i].data1.run)[models[i].data1.run]
+          for i in two]
+    step1 = bootstrap_many([models[i].step1 for i in two], w1)
+    step2 = bootstrap_many([models[i].step2 for i in two], [Ws[i][:, models[i].data2.run] for i in two])
+    for i, r1, r2 in zip(two, step1, step2):
+        fits[i] = (r1, r2)
+    return [_samples(m, n, d, fits[i], rngs[i], n_boot, n_actual_evals) for i, m in enumerate(models)]
+
+
+def _samples(model: TaskModel, n, d, fits, rng, n_boot: int, n_actual_evals: int) -> BootstrapSamples:
+    """Replicate predictions at the targets from the refits, plus the evaluation noise."""
     if model.single is not None:  # single step / direct: one point per run
-        th, ok = model.single.bootstrap(W)
+        th, ok = fits[0]
         acc = model.single.predict_theta(th, *model._single_input(n, d))
         loss = np.full_like(acc, np.nan)
         thetas = (th,)
     else:
-        w1 = W[:, model.data1.run] / np.bincount(model.data1.run)[model.data1.run]
-        th1, ok1 = model.step1.bootstrap(w1)
-        th2, ok2 = model.step2.bootstrap(W[:, model.data2.run])
+        (th1, ok1), (th2, ok2) = fits
         ok = ok1 & ok2
         loss = model.step1.predict_theta(th1, *model._step1_input(n, d))  # (B, m)
         # step 2 of replicate b at step 1's predictions of replicate b

@@ -48,12 +48,14 @@ class Law:
 
     # -- objective -----------------------------------------------------------------------
     def objective(self, F: np.ndarray, z: np.ndarray, w: np.ndarray):
-        """Batch objective for weights w (n,) or (S, n): weighted mean loss per row."""
+        """Batch objective for weights w (n,) or (S, n) and targets z (n,) or (S, n) (rows of
+        several problems on the same inputs): weighted mean loss per row."""
         w = np.asarray(w, dtype=float)
         w_sum = w.sum(axis=-1)  # per row: what summing w broadcast to each row gives
-        if w.ndim == 2:  # per-replicate weights: allow restricting to some replicates
+        if w.ndim == 2 or np.ndim(z) == 2:  # per-row weights: allow restricting to some rows
             def with_rows(rows):
-                return self.objective(F, z, w[rows])
+                return self.objective(F, z[rows] if np.ndim(z) == 2 else z,
+                                      w[rows] if w.ndim == 2 else w)
         else:
             with_rows = None
 
