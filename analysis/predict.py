@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from analysis.files import json_safe
+from analysis.fit import single_threaded_blas
 from analysis.parallel import default_workers, parallel_map
 from analysis.runlog import RunLog
 from analysis.metrics import TaskSpec, resolve_tasks
@@ -130,6 +131,10 @@ def predict_targets(runs: list[RunLog], targets: list[Target], tasks="paper",
     fit_d = [float(r.d) for r in runs]
 
     def one_chunk(chunk):
+        with single_threaded_blas():  # entered once per worker, not per fit
+            return _chunk(chunk)
+
+    def _chunk(chunk):
         """Fit a share of the tasks; their bootstraps run stacked (one refit, not one per task)."""
         models = [fit_task(runs, task, config) for _, task in chunk]
         out = [[_point(m, name, task, t, actuals.get(t.name), fit_n, fit_d) for t in targets]

@@ -107,6 +107,8 @@ class RunLog:
     meta: RunMeta
     evals: pd.DataFrame
     source: str = ""
+    # (evals frame, its converted columns): every task reads the same columns of every run
+    _columns: tuple = field(default=(None, None), init=False, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -133,12 +135,19 @@ class RunLog:
             if column == TOKENS:
                 raise RunLogError(NO_TOKENS.format(source=self.source))
             raise RunLogError(f"{self.source}: missing column '{column}'")
+        frame, done = self._columns
+        if frame is not self.evals:
+            done = {}
+            self._columns = (self.evals, done)
+        elif column in done:
+            return done[column].copy()
         values = pd.to_numeric(self.evals[column], errors="coerce").to_numpy(dtype=float)
         bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
             steps = self.evals[STEP].to_numpy()[bad[:5]] if STEP in self.evals else bad[:5]
             raise RunLogError(f"{self.source}: column '{column}' has {bad.size} NaN/non-numeric "
                               f"value(s) (at step {', '.join(str(s) for s in steps)})")
+        done[column] = values.copy()
         return values
 
     def final(self, column: str, last: int = 5) -> float:

@@ -66,13 +66,8 @@ class Law:
             if self.delta is None:
                 val, der = huber(r / self.resid_scale, None)
                 der = der / self.resid_scale
-                curv = np.full_like(r, 1.0 / self.resid_scale ** 2)
             else:
                 val, der = huber(r, self.delta)
-                if hessian == "irls":  # psi(r)/r: the Huber majoriser's curvature
-                    curv = 1.0 / (self.delta * np.maximum(np.abs(r), self.delta))
-                else:  # exact second derivative
-                    curv = (np.abs(r) <= self.delta) / self.delta ** 2
             tot = np.broadcast_to(w_sum, r.shape[:1])
             loss = (w * val).sum(axis=-1) / tot
             grad = np.matmul((w * der)[:, None, :], J)[:, 0, :] / tot[:, None]
@@ -81,6 +76,12 @@ class Law:
                 loss = np.where(bad, np.inf, loss)
                 grad = np.where(bad[:, None], 0.0, grad)
             if hessian:  # Gauss-Newton, for the convergence test
+                if self.delta is None:
+                    curv = np.full_like(r, 1.0 / self.resid_scale ** 2)
+                elif hessian == "irls":  # psi(r)/r: the Huber majoriser's curvature
+                    curv = 1.0 / (self.delta * np.maximum(np.abs(r), self.delta))
+                else:  # exact second derivative
+                    curv = (np.abs(r) <= self.delta) / self.delta ** 2
                 H = np.matmul(np.swapaxes(J * (w * curv)[..., None], 1, 2), J) / tot[:, None, None]
                 return loss, grad, H
             return loss, grad
