@@ -31,7 +31,7 @@ def _number(text: str) -> float:
 
 def add_config_arguments(p) -> None:
     """Method options shared with `ladder backtest` (defaults = TwoStepConfig's)."""
-    from analysis.twostep import FEATURES, TwoStepConfig
+    from analysis.twostep.config import FEATURES, TwoStepConfig  # no fitting code at parse time
     c = TwoStepConfig()
     g = p.add_argument_group("method (defaults chosen by backtests, see docs/analysis.md)")
     g.add_argument("--feature", choices=FEATURES, default=c.feature,
@@ -56,7 +56,7 @@ def add_config_arguments(p) -> None:
 
 
 def config_from_args(args):
-    from analysis.twostep import TwoStepConfig
+    from analysis.twostep.config import TwoStepConfig
     return TwoStepConfig(feature=args.feature, step1=args.step1, step1_points=args.step1_points,
                          step1_exponents=args.step1_exponents,
                          link=args.link, link_floor=args.link_floor,
