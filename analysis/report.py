@@ -268,8 +268,6 @@ REPORT_FILES = ("predictions.json", "report.md")  # what write_report writes, be
 def write_report(preds: list[Prediction], out_dir, title: str, config=None, plots: bool = True,
                  extra: str = "") -> dict[str, Path]:
     """predictions.json, report.md and (optionally) step1.png, step2.png, chained.png."""
-    import matplotlib
-    matplotlib.use("Agg")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"json": write_predictions_json(preds, out / "predictions.json")}
@@ -280,6 +278,8 @@ def write_report(preds: list[Prediction], out_dir, title: str, config=None, plot
             jobs = [(plot_step1, out / "step1.png"), (plot_step2, out / "step2.png")] + jobs
         # rendering dominates; the figures are independent: one process each (3 figures on
         # 2 workers left one process drawing two), matplotlib imported once before the fork
+        import matplotlib  # only here: its import alone is most of a --no-plots report's time
+        matplotlib.use("Agg")
         import matplotlib.figure  # noqa: F401
         from matplotlib.backends import backend_agg  # noqa: F401
         workers = default_workers()
