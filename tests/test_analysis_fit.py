@@ -136,3 +136,33 @@ def test_bootstrap_refits_are_stacked_and_checked():
     assert th.shape == (50, 5) and ok.mean() > 0.8
     preds = law.predict_theta(th[ok], 7e10, 1.4e12)[:, 0]
     assert np.all(np.isfinite(preds))
+
+
+def test_stacked_bootstraps_of_several_laws_are_bit_identical_to_one_by_one():
+    """Laws fitted on the same inputs are refitted together (analysis.laws.stacked); every
+    replicate must take exactly the steps it takes alone, whatever else is in the stack."""
+    from analysis.laws import TiedChinchillaLaw
+    from analysis.laws.stacked import bootstrap_many
+    n, d, base = chinchilla_table(24, noise=0.0, seed=7)
+    rng = np.random.default_rng(1)
+    laws = [TiedChinchillaLaw().fit(n, d, y=base * np.exp(rng.normal(0, s, 24))) for s in (0.003, 0.01, 0.03)]
+    laws.append(ChinchillaLaw().fit(n, d, y=base))  # another kind: refitted on its own
+    laws.append(TiedChinchillaLaw().fit(n[:20], d[:20], y=base[:20]))  # other inputs: alone
+    Ws = [np.stack([np.bincount(rng.integers(0, len(l._fit_data[2]), len(l._fit_data[2])),
+                                minlength=len(l._fit_data[2])) for _ in range(30)]).astype(float)
+          for l in laws]
+    alone = [l.bootstrap(W) for l, W in zip(laws, Ws)]
+    together = bootstrap_many(laws, Ws)
+    for (th_a, ok_a), (th_t, ok_t) in zip(alone, together):
+        assert np.array_equal(th_a, th_t) and np.array_equal(ok_a, ok_t)
+    assert sum(ok.sum() for _, ok in together) > 0.8 * 150
+
+
+def test_singular_step_falls_back_per_problem_when_stacked():
+    from analysis.fit import _solve
+    A = np.stack([np.eye(2), np.zeros((2, 2)), 2 * np.eye(2)])
+    b = np.ones((3, 2))
+    # a singular matrix in block 1 switches only that block to the pseudo-inverse
+    got = _solve(A, b, np.array([0, 1, 2]))
+    assert np.array_equal(got[0], [1.0, 1.0]) and np.array_equal(got[1], [0.0, 0.0])
+    assert np.array_equal(got[2], np.linalg.solve(A[2:], b[2:, :, None])[0, :, 0])

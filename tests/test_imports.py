@@ -118,3 +118,14 @@ def test_the_checks_see_cycles_lazy_imports_and_relative_imports(tmp_path):
     assert cycles(graph) == [["ladder.a", "ladder.sub.b", "ladder.sub.c"]]
     (pkg / "sub" / "c.py").write_text("import numpy\n")
     assert cycles(import_graph(tmp_path, ("ladder",))) == []
+
+
+def test_command_options_import_no_fitting_code():
+    """`ladder predict`/`backtest` build their options from the method config alone: parsing
+    (and --help, and a bad argument's exit 2) does not pay for scipy, pandas or numpy."""
+    import subprocess
+    code = ("import argparse, sys; import ladder.cli.predict as p; p.add_arguments(argparse.ArgumentParser());"
+            "heavy = [m for m in ('scipy', 'pandas', 'numpy', 'matplotlib') if m in sys.modules];"
+            "print(','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
