@@ -5,7 +5,8 @@ runs -> 7B-4T, 8 tasks, 200-replicate intervals; with and without plots).
 
 The baseline is extracted with `git archive REF` into a temporary directory. This tree runs with
 its calibration prepared once beforehand (`--calibration FILE`, what a second `ladder predict`
-on the same ladder does); the time to make it is printed separately. Runs alternate between the
+on the same ladder does), and so does a baseline that has calibrated intervals; the time to make
+the file is printed separately. Runs alternate between the
 two trees so that machine load hits both alike; medians and their ratio are printed.
 """
 
@@ -53,12 +54,15 @@ def main() -> int:
         cal_dir = Path(tmp) / "cal"
         t_cal = _run(ROOT, [*common, "--out", str(cal_dir), "--no-plots"])
         cal = ["--calibration", str(cal_dir / "calibration.json")]
+        # a baseline that calibrates too reuses the same file (else `auto` would backtest each run)
+        base_cal = cal if "--calibration" in (base / "ladder/cli/predict.py").read_text() else []
         times = {k: [] for k in ("base plots", "new plots", "base no-plots", "new no-plots")}
         for i in range(args.repeats):
             for plots in (True, False):
                 extra = [] if plots else ["--no-plots"]
                 tag = "plots" if plots else "no-plots"
-                times[f"base {tag}"].append(_run(base, [*common, "--out", f"{tmp}/b{i}", *extra]))
+                times[f"base {tag}"].append(_run(base, [*common, "--out", f"{tmp}/b{i}", *extra,
+                                                        *base_cal]))
                 times[f"new {tag}"].append(_run(ROOT, [*common, "--out", f"{tmp}/n{i}", *extra, *cal]))
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"calibrating once (backtests of 7 scenarios, then the prediction): {t_cal:.1f} s")
