@@ -108,6 +108,12 @@ class Calibration:
         k = self.task_k.get(task, self.k)
         return float(pred - k * lo), float(pred + k * hi)
 
+    def widen_many(self, task: str, pred, low, high, dn, dt) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`widen` for arrays of predictions (a band along a curve)."""
+        lo, hi = _halfwidths(pred, low, high, dn, dt, self.c_t, self.c_n, _z(self.level))
+        k = self.task_k.get(task, self.k)
+        return np.asarray(pred) - k * lo, np.asarray(pred) + k * hi
+
     def describe(self) -> str:
         return (f"{self.level:.0%} interval: run bootstrap widened by the extrapolation term "
                 f"(c_t={self.c_t:g}, c_n={self.c_n:g}) and scaled by k={self.k:.2f}, calibrated on "
