@@ -18,15 +18,15 @@ from analysis.runlog import read_run
 from ladder.sweep.rundir import run_state
 from tests.slurm_multinode import IFNAME, NODES, namespace_inode, two_node_cluster_fixture
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]  # ~2 min (docs/slurm.md)
 ROOT = Path(__file__).resolve().parents[1]
 VAL = "eval/pystdlib-validation/CrossEntropyLoss"
-RUNG = "tiny-43k-0.3xC"
+RUNG = "tiny-43k-0.15xC"
 RECIPE = {
     "name": "two-node",
     "model": {"sizes": ["tiny-43k"], "tokenizer_vocab_size": 300},
     "data": {"source": "pystdlib", "max_bytes": 300_000, "validation_tokens": 2048},
-    "multipliers": [0.3],
+    "multipliers": [0.15],
     "train": {"seq_len": 32, "batch_tokens": 512, "micro_batch_size": 8, "cpu_threads": 1},
     "evaluation": {"count": 4, "early": 0, "batch_size": 16},
     "tracking": {"log_interval": 2},
@@ -73,11 +73,13 @@ def test_two_node_rung_joins_one_process_group_and_matches_one_node(tmp_path, tw
            "LADDER_CACHE": str(tmp_path / "cache")}
     sweeps = {"two-nodes": ["slurm.nodes=2", "slurm.processes_per_node=1"],
               "one-node": ["slurm.nodes=1", "slurm.processes_per_node=2"]}
-    for name, overrides in sweeps.items():
-        r = subprocess.run([sys.executable, "-m", "ladder", "sweep", str(recipe), *overrides,
-                            "--backend", "slurm", "--no-predict", "--out", str(tmp_path / name)],
-                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
-        assert r.returncode == 0, r.stdout + r.stderr
+    submits = [subprocess.Popen([sys.executable, "-m", "ladder", "sweep", str(recipe), *overrides,
+                                 "--backend", "slurm", "--no-predict", "--out", str(tmp_path / name)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=env, cwd=tmp_path) for name, overrides in sweeps.items()]
+    for p in submits:  # side by side: the two jobs fit the cluster at once
+        out = p.communicate(timeout=300)[0]
+        assert p.returncode == 0, out
     two, one = (tmp_path / name / "runs" / RUNG for name in sweeps)
 
     # While it trains: each rank is a worker in its own node's namespace, in one world of two.
