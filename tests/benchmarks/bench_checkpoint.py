@@ -59,10 +59,12 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
+    from transformers.utils import logging as hf_logging
 
     from ladder.train.loop import _train_step
     from ladder.train.saver import CheckpointSaver, take_snapshot
 
+    hf_logging.disable_progress_bar()  # save_pretrained's shard bar, as train() does
     acc, model, opt, sched, tok, seqs, sampler, plan = build(args)
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     step = 0
