@@ -108,6 +108,12 @@ class Calibration:
         k = self.task_k.get(task, self.k)
         return float(pred - k * lo), float(pred + k * hi)
 
+    def widen_many(self, task: str, pred, low, high, dn, dt) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`widen` for arrays of predictions (a band along a curve)."""
+        lo, hi = _halfwidths(pred, low, high, dn, dt, self.c_t, self.c_n, _z(self.level))
+        k = self.task_k.get(task, self.k)
+        return np.asarray(pred) - k * lo, np.asarray(pred) + k * hi
+
     def describe(self) -> str:
         return (f"{self.level:.0%} interval: run bootstrap widened by the extrapolation term "
                 f"(c_t={self.c_t:g}, c_n={self.c_n:g}) and scaled by k={self.k:.2f}, calibrated on "
@@ -131,15 +137,17 @@ class Calibration:
         return cls(**d)
 
 
-def fit_calibration(records: list[Record], level: float = LEVEL, grid=GRID) -> Calibration:
-    """(c_t, c_n) from ``grid`` for the narrowest median calibrated width; k = the largest
-    per-scenario conformal quantile of the scores; per task, k_task = max(k, its own quantile)."""
+def fit_calibration(records: list[Record], level: float = LEVEL, grid=GRID,
+                    grid_n=None) -> Calibration:
+    """(c_t, c_n) from ``grid`` (c_n from ``grid_n`` when given) for the narrowest median
+    calibrated width; k = the largest per-scenario conformal quantile of the scores; per task,
+    k_task = max(k, its own quantile)."""
     if not records:
         raise ValueError("no backtest predictions to calibrate on")
     a, z = _arrays(records), _z(level)
     scen = list(dict.fromkeys(a["scenario"]))
     best = None
-    for c_t, c_n in itertools.product(grid, grid):
+    for c_t, c_n in itertools.product(grid, grid if grid_n is None else grid_n):
         sc = _scores(a, c_t, c_n, z)
         k = max(conformal_quantile(sc[a["scenario"] == s], level) for s in scen)
         k = max(k, 1.0)  # only ever widen: a few lucky backtests must not shrink the bootstrap

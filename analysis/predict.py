@@ -53,6 +53,7 @@ class Prediction:
     model: TaskModel | None = None  # not serialised
     samples: np.ndarray | None = None  # interval samples (for plots), not serialised
     interval: object | None = None  # analysis.uncertainty.Interval, not serialised
+    calibration: Calibration | None = None  # what widened the interval (for plots), not serialised
     raw_low: float | None = None  # the run bootstrap's interval before calibration
     raw_high: float | None = None
     dn: float = 0.0  # ln(N / largest N fitted), 0 inside the ladder
@@ -213,6 +214,7 @@ def _add_intervals(preds, bs, keep_samples, calibration):
                               f"not converge and were dropped from the interval")
         p.samples = iv.samples
         p.interval = iv
+        p.calibration = calibration
 
 
 def mean_abs_error(preds: list[Prediction]) -> float | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from analysis.parallel import default_workers, parallel_map
+from analysis.calibration import extrapolation
 from analysis.predict import Prediction
 from analysis.files import atomic_write_text
 
@@ -235,6 +236,23 @@ def plot_step2(preds: list[Prediction], path) -> Path:
     return _finish(fig, _legend_handles(colors, any(p.actual_acc is not None for p in preds)), path)
 
 
+def chained_band(p: Prediction, ds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The target size's 90% band along training tokens ``ds``: the bootstrap band, widened by
+    the prediction's calibration at each point's own distance beyond the ladder, so the band
+    drawn at the target's D is the interval reported (a raw band would look narrower)."""
+    m, tn = p.model, p_n(p)
+    n = np.full_like(ds, tn)
+    lo, hi = p.interval.band(m, n, ds)
+    if p.calibration is None:
+        return lo, hi
+    center = m.predict_acc(n, ds)
+    fit_n, fit_d = [s.n for s in m.series], [s.d for s in m.series]
+    dn, dt = np.array([extrapolation(fit_n, fit_d, tn, d) for d in ds]).T
+    lo, hi = p.calibration.widen_many(p.task, center, np.minimum(lo, center),
+                                      np.maximum(hi, center), dn, dt)
+    return np.clip(lo, 0, 1), np.clip(hi, 0, 1)
+
+
 def plot_chained(preds: list[Prediction], path) -> Path:
     """Accuracy vs compute: ladder finals, the chained law for each size and for the target's
     N (with its 90% band), the prediction and the actual."""
@@ -252,7 +270,7 @@ def plot_chained(preds: list[Prediction], path) -> Path:
         ds = np.geomspace(dmin, td * 1.5, 50)
         ax.plot(6 * tn * ds, m.predict_acc(np.full_like(ds, tn), ds), color="crimson", lw=1, ls="--")
         if p.interval is not None and p.interval.thetas is not None:
-            lo, hi = p.interval.band(m, np.full_like(ds, tn), ds)
+            lo, hi = chained_band(p, ds)
             ax.fill_between(6 * tn * ds, lo, hi, color="crimson", alpha=0.15, lw=0)
         ax.errorbar(6 * tn * td, p.pred_acc, yerr=[[p.pred_acc - p.pred_acc_low], [p.pred_acc_high - p.pred_acc]],
                     fmt="*", color="crimson", ms=10, capsize=3, zorder=4)

@@ -191,6 +191,9 @@ class CheckpointConfig:
     interval_minutes: float | None = None
     keep_last: int = 2  # full training states kept (older ones are pruned)
     keep_eval_weights: bool = True  # keep model weights of pruned evaluation-step checkpoints
+    # Write checkpoints in a background thread (the step waits only for the copy to host memory).
+    # auto: with several processes or a GPU; a one-process CPU run would share its cores.
+    async_save: bool | Literal["auto"] = "auto"
 
     def __post_init__(self) -> None:
         need(self.interval is None or self.interval >= 1, "interval", "must be >= 1", self.interval)

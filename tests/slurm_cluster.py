@@ -150,7 +150,9 @@ class LocalSlurmCluster:
             deadline = time.monotonic() + self.kill_wait_s + 10
             while time.monotonic() < deadline and self.squeue_ids():
                 time.sleep(0.5)
-        for name in ("slurmd", "slurmctld", "munged"):
+        # slurmds first (however many), then the controller, munge last: they need it
+        for name in [*(n for n in self.procs if n not in ("slurmctld", "munged")),
+                     "slurmctld", "munged"]:
             p = self.procs.pop(name, None)
             if p is None or p.poll() is not None:
                 continue
@@ -160,6 +162,7 @@ class LocalSlurmCluster:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(timeout=5)
+        self._cleanup()
         if self.root is not None and os.environ.get("LADDER_KEEP_SLURM_DIR") != "1":
             shutil.rmtree(self.root, ignore_errors=True)
         self._release_lock()
@@ -229,8 +232,13 @@ class LocalSlurmCluster:
         raise TimeoutError(f"jobs still queued after {timeout}s: {self.squeue_ids()}")
 
     # ------------------------------------------------------------------ internals
+    lock_path = LOCK_PATH
+
+    def _cleanup(self) -> None:
+        """What a subclass set up besides the daemons, undone before the lock is released."""
+
     def _acquire_lock(self) -> None:
-        self._lock_fd = os.open(LOCK_PATH, os.O_CREAT | os.O_RDWR, 0o644)
+        self._lock_fd = os.open(self.lock_path, os.O_CREAT | os.O_RDWR, 0o644)
         deadline = time.monotonic() + self.lock_timeout_s
         while True:
             try:
@@ -240,7 +248,7 @@ class LocalSlurmCluster:
                 if time.monotonic() > deadline:
                     os.close(self._lock_fd)
                     self._lock_fd = None
-                    raise RuntimeError(f"another test SLURM cluster holds {LOCK_PATH} "
+                    raise RuntimeError(f"another test SLURM cluster holds {self.lock_path} "
                                        f"for over {self.lock_timeout_s:.0f}s")
                 time.sleep(1)
 
@@ -280,6 +288,9 @@ class LocalSlurmCluster:
         return str(self.root / "munge.sock")
 
     def _write_conf(self) -> None:
+        self.conf.write_text("\n".join(self._conf_lines()) + "\n")
+
+    def _conf_lines(self) -> list[str]:
         r = self.root
         assert r is not None
         user = "root" if os.geteuid() == 0 else os.environ.get("USER", "root")
@@ -316,7 +327,7 @@ class LocalSlurmCluster:
             f"RealMemory={self.real_memory_mb} State=UNKNOWN",
             f"PartitionName={PARTITION} Nodes=localhost Default=YES MaxTime=INFINITE State=UP",
         ]
-        self.conf.write_text("\n".join(lines) + "\n")
+        return lines
 
 
 def slurm_cluster_fixture():

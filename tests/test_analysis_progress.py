@@ -100,3 +100,31 @@ def test_missing_rungs_widen_the_interval(half_sweep, tmp_path):
     assert w[0] > w[1], w
     with pytest.raises(ValueError, match="at least 3 finished rungs of 2 sizes"):
         predict_progress(finished[:2], rungs, target, "corpus")
+
+
+def test_final_sweep_predictions_are_calibrated_and_the_calibration_kept(half_sweep, tmp_path):
+    """Once every rung is done, the sweep's own prediction step calibrates its intervals on the
+    rungs' backtests, keeps calibration.json with the set, and reuses it when run again."""
+    from ladder.sweep.predict import predict_sweep
+
+    sweep = open_sweep(half_sweep.plan.recipe, tmp_path / "sweep")
+    shutil.copytree(half_sweep.dir / "runs", sweep.dir / "runs")
+    rng = np.random.default_rng(2)
+    for r in sweep.plan.rungs:
+        if r.name in ("tiny-43k-2xC", "tiny-43k-4xC"):
+            (sweep.run_dir(r) / "metrics.jsonl").unlink(missing_ok=True)
+            _write_rung(sweep, r, 1.0, rng)
+    said = []
+    preds, files = predict_sweep(sweep, n_boot=30, plots=False, echo=said.append)
+    rows = json.loads((sweep.predictions_dir / "predictions.json").read_text())
+    assert rows[0]["interval"]["calibrated"] is True and "calibrated on" in rows[0]["interval"]["method"]
+    raw = rows[0]["interval"]["raw_high"] - rows[0]["interval"]["raw_low"]
+    assert rows[0]["pred_acc_high"] - rows[0]["pred_acc_low"] >= raw - 1e-12
+    cal = json.loads((sweep.predictions_dir / "calibration.json").read_text())
+    assert cal["scenarios"] and set(cal["loso_coverage"]) == set(cal["scenarios"])
+    assert any("backtesting the ladder" in m for m in said)
+    said.clear()
+    again, _ = predict_sweep(sweep, n_boot=30, plots=False, echo=said.append)
+    assert any("reusing" in m for m in said)
+    assert again[0].pred_acc_low == preds[0].pred_acc_low
+    assert (sweep.predictions_dir / "calibration.json").exists()

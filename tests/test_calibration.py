@@ -100,3 +100,20 @@ def test_clean_ladder_is_graded_reliable(tmp_path):
                        n_boot=40, calibration=lc.calibration)[0]
     assert p.grade.grade == "reliable", p.grade.reasons
     assert p.pred_acc_low < p.pred_acc < p.pred_acc_high
+
+
+def test_plotted_band_is_the_calibrated_interval(broken):
+    """The chained plot's band at the target's D is the reported (calibrated) interval, not the
+    narrower raw bootstrap band; inside the ladder it adds no extrapolation term."""
+    from analysis.report import chained_band
+
+    runs, actual, target = broken
+    lc = calibrate_ladder(runs, "hellaswag", n_boot=40)
+    p = predict_target(runs, target, "hellaswag", actual=actual, n_boot=40, keep_samples=True,
+                       calibration=lc.calibration)[0]
+    lo, hi = chained_band(p, np.array([target.d]))
+    assert lo[0] == pytest.approx(p.pred_acc_low, abs=0.01)
+    assert hi[0] == pytest.approx(p.pred_acc_high, abs=0.01)
+    assert lo[0] <= p.actual_acc <= hi[0]
+    raw_lo, raw_hi = p.interval.band(p.model, np.array([target.n]), np.array([target.d]))
+    assert hi[0] - lo[0] > 1.2 * (raw_hi[0] - raw_lo[0])

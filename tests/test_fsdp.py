@@ -27,7 +27,7 @@ RECIPE = {
     "data": {"source": "pystdlib", "max_bytes": 300_000, "validation_tokens": 2048},
     "multipliers": [0.1],
     "train": {"seq_len": 32, "batch_tokens": 512, "micro_batch_size": 8, "cpu_threads": 1},
-    "evaluation": {"count": 4, "early": 0, "batch_size": 16},
+    "evaluation": {"count": 4, "early": 3, "batch_size": 16},  # steps 2, 5, 12, 27, 54, 82, 109
     "checkpoint": {"interval": 25, "keep_last": 2},
     "tracking": {"log_interval": 2},
 }
@@ -82,15 +82,18 @@ def test_fsdp_two_cpu_processes_train_save_hf_loadable(recipe_file, cache, one_p
     meta = json.loads((out / "run.json").read_text())
     assert meta["strategy"] == "fsdp" and meta["num_processes"] == 2
     latest = ckpt.latest_resumable(out)
-    assert latest.manifest["fsdp"] is True
+    assert latest.manifest["fsdp"] is True and latest.manifest["async"] is True  # auto: 2 processes
     assert len(list((latest.path / "training_state" / "optimizer").glob("*.distcp"))) == 2  # a shard each
-    # Same global batch, same data order: FSDP's curve tracks the one-process curve. Not to float
-    # rounding as 2-process DDP does (1e-5): measured 0.3-0.7% apart by the last step; see
-    # docs/training.md ("FSDP on CPU").
+    # Same global batch, same data order: FSDP computes what one process computes. Its rounding
+    # differs at the last bit (fused AdamW on 12-element shards of the norm weights), which this
+    # chaotic training amplifies from ~1e-7 before step 30 to ~0.5% by the end, as a 1e-7 change of
+    # the learning rate in one process does (docs/training.md, "FSDP on CPU"). So: close on the
+    # first steps, loosely at the end.
     run = read_run(out)
     assert list(run.evals["step"]) == list(one_process.evals["step"])
-    assert abs(run.evals[VAL].iloc[0] - one_process.evals[VAL].iloc[0]) < 1e-5  # same start
-    assert max(abs(run.evals[VAL] / one_process.evals[VAL] - 1)) < 0.02
+    rel = abs(run.evals[VAL] / one_process.evals[VAL] - 1)
+    assert max(rel[run.evals["step"] <= 30]) < 1e-6, list(rel)
+    assert max(rel) < 0.02, list(rel)
     # The gathered weights load with from_pretrained and reproduce the logged validation loss.
     model = AutoModelForCausalLM.from_pretrained(latest.path)
     x = torch.randint(0, 300, (2, 16))

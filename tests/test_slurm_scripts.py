@@ -127,6 +127,34 @@ def test_multi_node_launch_passes_each_nodes_rank_to_accelerate(tmp_path):
     assert got[got.index("--num_machines") + 1] == "2"
 
 
+FAKE_SCONTROL = r"""#!/bin/bash
+# scontrol as a 2-node job sees it: nodes named gpu-[a-b]; node gpu-a's NodeAddr is $ADDR
+case "$*" in
+  "show hostnames gpu-[a-b]") printf 'gpu-a\ngpu-b\n';;
+  "-o show node gpu-a") [ -n "$ADDR" ] || exit 1
+    echo "NodeName=gpu-a Arch=x86_64 CoresPerSocket=8 NodeAddr=$ADDR NodeHostName=gpu-a Version=22.05.8";;
+  *) echo "unexpected: scontrol $*" >&2; exit 3;;
+esac
+"""
+
+
+@pytest.mark.parametrize("addr, expected", [("10.1.2.3", "10.1.2.3"), ("", "gpu-a")])
+def test_master_address_is_the_first_nodes_node_addr(tmp_path, addr, expected):
+    """Every node of a multi-node rung meets at the first node's NodeAddr (SLURM reaches nodes
+    there; their names need not resolve: a two-node rung hung on it in
+    test_slurm_multinode.py); the node's name only when scontrol gives no address."""
+    sweep = SlurmSweep(tmp_path / "s", [_job(tmp_path, "1B-1xC", Resources(nodes=2, gpus_per_node=8))])
+    script = sweep.render_array(sweep.groups[0])
+    block = script[script.index("# Rendezvous"):script.index("export MASTER_ADDR MASTER_PORT")]
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "scontrol").write_text(FAKE_SCONTROL)
+    (tmp_path / "bin" / "scontrol").chmod(0o755)
+    got = _bash_argv("set -uo pipefail\n" + block + 'printf "%s\\0" "$MASTER_ADDR" "$MASTER_PORT"',
+                     {"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "ADDR": addr,
+                      "SLURM_JOB_NODELIST": "gpu-[a-b]", "SLURM_JOB_ID": "123456"})
+    assert got == [expected, str(20000 + 123456 % 20000)]
+
+
 def test_single_process_rung_is_plain_srun(tmp_path):
     sweep = SlurmSweep(tmp_path / "s", [_job(tmp_path, "a", Resources(gpus_per_node=1))])
     script = sweep.render_array(sweep.groups[0])

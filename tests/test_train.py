@@ -179,6 +179,101 @@ def test_kill_during_checkpoint_write_leaves_nothing_complete(baseline, recipe_f
     assert_same_as_baseline(out, baseline)
 
 
+def test_async_save_does_not_stall_the_next_steps(baseline, recipe_file, cache, tmp_path, monkeypatch):
+    """checkpoint.async_save: a deliberately slow writer (held until three more steps ran) does not
+    hold up training, and the run is identical to the synchronous baseline."""
+    import threading
+
+    from ladder.train import loop as train_mod
+    from ladder.train import saver
+    from ladder.train.loop import train
+
+    events, released = [], threading.Event()
+    real_step, real_write = train_mod._train_step, saver.write_snapshot
+
+    def step(*args, **kw):
+        out = real_step(*args, **kw)
+        events.append("step")
+        if "write-start" in events and events[events.index("write-start"):].count("step") == 3:
+            released.set()
+        return out
+
+    def slow_write(snap, *args, **kw):
+        # the first save at least 4 steps before the next (the next save waits for this one)
+        held = snap.step >= 20 and not [e for e in events if isinstance(e, tuple)]
+        events.append("write-start" if held else "other-write-start")
+        if held:
+            events.append(("released", released.wait(timeout=60), threading.current_thread().name))
+        path = real_write(snap, *args, **kw)
+        events.append("write-end")
+        return path
+
+    monkeypatch.setattr(train_mod, "_train_step", step)
+    monkeypatch.setattr(saver, "write_snapshot", slow_write)
+    out = tmp_path / "run"
+    result = train(load_recipe(recipe_file, ["checkpoint.async_save=true"]), out=out, cache=cache, progress=False)
+    assert result.status == "completed"
+    (_, was_released, thread), = [e for e in events if isinstance(e, tuple)]
+    assert was_released and thread != threading.main_thread().name  # steps ran while it was held
+    first = events.index("write-start")
+    assert events[first:events.index("write-end", first)].count("step") >= 3
+    n_saves = events.count("write-start") + events.count("other-write-start")
+    assert n_saves == events.count("write-end") == len(set(read_run(out).evals["step"]))  # all finished
+    kept = ckpt.list_checkpoints(out)
+    assert kept and all(c.manifest["async"] for c in kept)
+    assert_same_as_baseline(out, baseline)
+
+
+KILL_IN_BACKGROUND_WRITE = r"""
+import os, sys, threading, time
+from ladder.recipe import load_recipe
+from ladder.train import checkpoint as ckpt
+from ladder.train.loop import train
+
+recipe, out, cache, marker = sys.argv[1:5]
+real, seen = ckpt._fsync_tree, []
+
+def hanging_fsync(path):
+    if ".tmp-" in str(path):
+        seen.append(path)
+        if len(seen) == 2:  # the second save: files written, not yet renamed
+            with open(marker, "w") as f:
+                f.write(threading.current_thread().name)
+            time.sleep(600)
+    return real(path)
+
+ckpt._fsync_tree = hanging_fsync
+train(load_recipe(recipe, ["checkpoint.async_save=true"]), out=out, cache=cache, progress=False)
+"""
+
+
+def test_kill_during_background_write_keeps_the_previous_checkpoint(baseline, recipe_file, cache, tmp_path):
+    """SIGKILL while the background thread writes checkpoint 2: checkpoint 1 (written in the
+    background too) stays the newest intact one, and resuming from it is exact."""
+    out, marker = tmp_path / "run", tmp_path / "marker"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", KILL_IN_BACKGROUND_WRITE, str(recipe_file), str(out),
+                             str(cache), str(marker)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    t_end = time.time() + 120
+    while not marker.exists() and proc.poll() is None and time.time() < t_end:
+        time.sleep(0.02)
+    proc.kill()
+    output = proc.communicate()[0]
+    assert marker.exists(), output[-2000:]
+    assert marker.read_text() != "MainThread"
+    tmp_dirs = [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".tmp-")]
+    assert len(tmp_dirs) == 1 and (tmp_dirs[0] / ckpt.MANIFEST).exists()  # all but renamed
+    complete = ckpt.list_checkpoints(out)
+    assert len(complete) == 1 and complete[0].manifest["async"]
+    assert ckpt.latest_intact(out).step == complete[0].step < int(tmp_dirs[0].name.split("step")[1])
+    again = cli(recipe_file, out, cache, "checkpoint.async_save=true")
+    assert again.returncode == 0, again.stderr
+    assert f"from {complete[0].path.name}" in again.stdout + again.stderr
+    assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
+    assert_same_as_baseline(out, baseline)
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(recipe_file, cache, tmp_path, monkeypatch, capsys):
     import argparse
 

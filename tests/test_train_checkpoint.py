@@ -52,3 +52,45 @@ def test_rng_state_round_trip():
     ckpt.set_rng_state(json.loads(json.dumps({k: state[k] for k in ("python", "numpy")})) | {
         "torch": state["torch"], "cuda": state["cuda"]})
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+
+
+def test_host_copy_is_a_frozen_snapshot_that_keeps_aliases():
+    from ladder.train.saver import host_copy
+
+    w = torch.ones(4, 3)
+    state = {"a": w, "tied": w.view(4, 3), "step": torch.tensor(5.0), "groups": [{"lr": 1e-3, "params": [0, 1]}]}
+    snap = host_copy(state)
+    w.add_(1)  # training goes on
+    state["groups"][0]["lr"] = 0.0
+    assert torch.equal(snap["a"], torch.ones(4, 3)) and snap["a"] is snap["tied"]  # saved once
+    assert snap["groups"] == [{"lr": 1e-3, "params": [0, 1]}] and snap["step"].item() == 5.0
+
+
+def test_a_background_write_error_is_raised_at_the_next_join(tmp_path, monkeypatch):
+    import threading
+
+    from ladder.train import saver
+
+    class OneProcess:
+        num_processes, is_main_process = 1, True
+
+        def unwrap_model(self, m):
+            return m
+
+    started = threading.Event()
+
+    def failing_write(*args, **kw):
+        started.set()
+        raise OSError("disk full")
+
+    monkeypatch.setattr(saver, "write_snapshot", failing_write)
+    s = saver.CheckpointSaver(OneProcess(), asynchronous=True)
+    s.save(tmp_path, saver.Snapshot(1, {}, False, False, 0, 1, {}, {}, {}, {}), model=object(), tokenizer=None, keep_last=1, keep_eval_weights=False)
+    assert started.wait(10)
+    try:
+        s.wait()
+    except OSError as e:
+        assert "disk full" in str(e)
+    else:
+        raise AssertionError("the background error was lost")
+    assert s.wait() is None  # raised once

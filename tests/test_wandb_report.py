@@ -99,6 +99,21 @@ def test_summary_values():
     assert "actual_acc" not in table_columns(_predictions()[2:])
 
 
+def test_table_shows_grade_and_whether_the_interval_is_calibrated():
+    from analysis.trust import Grade
+
+    p = Prediction("mmlu", "7B-4T", 0.48, 0.43, 0.55, 0.70, grade=Grade("noisy", ["scatter"]),
+                   interval_info={"level": 0.9, "calibrated": True})
+    q = Prediction("piqa", "7B-4T", 0.81, 0.79, 0.83, 0.55, grade=Grade("reliable"),
+                   interval_info={"level": 0.9, "calibrated": False})
+    preds = [p.to_json(), q.to_json()]
+    assert table_columns(preds) == ["task", "target", "grade", "pred_acc", "pred_acc_low",
+                                    "pred_acc_high", "interval_calibrated", "pred_loss"]
+    from ladder.wandb.report import table_row
+    assert [table_row(d)["grade"] for d in preds] == ["noisy", "reliable"]
+    assert [table_row(d)["interval_calibrated"] for d in preds] == [True, False]
+
+
 def test_log_predictions_offline(wandb_env):
     tmp = wandb_env
     plots = [_plot(tmp / "mmlu.png"), _plot(tmp / "piqa.png")]

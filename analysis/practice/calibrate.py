@@ -90,6 +90,32 @@ def calibrate_ladder(runs: list[RunLog], tasks: str | dict[str, TaskSpec] = "pap
     return LadderCalibration(cal, results, loso_coverage(records, level))
 
 
+def ladder_calibration(runs: list[RunLog], tasks, config: TwoStepConfig, n_boot: int, cache,
+                       say=lambda m: None) -> Calibration | None:
+    """The ladder's calibration: the one in ``cache`` when it was made from these runs, tasks,
+    method and bootstrap size, else made by backtesting (minutes) and saved there. None where
+    the ladder leaves no backtest scenario (too few runs): intervals then stay raw, labelled."""
+    cache = Path(cache)
+    if cache.exists():
+        try:
+            cal = load_calibration(cache)
+        except ValueError:
+            cal = None
+        if cal is not None and cal.fingerprint == fingerprint(runs, tasks, config, n_boot):
+            say(f"calibration: reusing {cache}")
+            return cal
+    if not extrapolation_scenarios(runs):
+        say(f"calibration: {len(runs)} runs leave no backtest scenario with >= {MIN_FIT_RUNS} runs "
+            f"of 2 sizes to fit; the intervals are the raw run bootstrap, labelled uncalibrated")
+        return None
+    say("calibration: backtesting the ladder to calibrate the intervals (once per ladder; "
+        f"reused from {cache})")
+    lc = calibrate_ladder(runs, tasks, config, n_boot=n_boot)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    save_calibration(lc, cache)
+    return lc.calibration
+
+
 def save_calibration(lc: LadderCalibration, path) -> Path:
     doc = {**lc.calibration.to_json(), "loso_coverage": lc.coverage}
     atomic_write_text(path, json.dumps(doc, indent=2) + "\n")

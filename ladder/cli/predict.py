@@ -87,7 +87,8 @@ def add_arguments(p) -> None:
                    help="interval calibration: a calibration.json from `ladder backtest "
                         "--intervals`; 'auto' (default) reuses OUT/calibration.json when it was made "
                         "from these runs, tasks and method, else backtests the ladder to make it "
-                        "(minutes); 'none': raw bootstrap intervals, labelled uncalibrated")
+                        "(minutes), or keeps the raw intervals, labelled, where the ladder is too small "
+                        "to backtest; 'none': raw bootstrap intervals, labelled uncalibrated")
     add_config_arguments(p)
 
 
@@ -125,27 +126,13 @@ def resolve_calibration(spec: str, runs, tasks, config, n_boot: int, out):
     """The calibration to use (see --calibration); writes OUT/calibration.json when it makes one."""
     from pathlib import Path
 
-    from analysis.practice.calibrate import (calibrate_ladder, fingerprint, load_calibration,
-                                             save_calibration)
+    from analysis.practice.calibrate import ladder_calibration, load_calibration
     if spec == "none":
         return None
     if spec != "auto":
         return load_calibration(spec)
-    cached = Path(out) / CALIBRATION_CACHE
-    if cached.exists():
-        try:
-            cal = load_calibration(cached)
-        except ValueError:
-            cal = None
-        if cal is not None and cal.fingerprint == fingerprint(runs, tasks, config, n_boot):
-            print(f"calibration: reusing {cached}", file=sys.stderr)
-            return cal
-    print("calibration: backtesting the ladder to calibrate the intervals (once per ladder; "
-          "reused from OUT/calibration.json)", file=sys.stderr)
-    lc = calibrate_ladder(runs, tasks, config, n_boot=n_boot)
-    Path(out).mkdir(parents=True, exist_ok=True)
-    save_calibration(lc, cached)
-    return lc.calibration
+    return ladder_calibration(runs, tasks, config, n_boot, Path(out) / CALIBRATION_CACHE,
+                              say=lambda m: print(m, file=sys.stderr))
 
 
 def run(args) -> int:

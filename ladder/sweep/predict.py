@@ -1,4 +1,8 @@
-"""Predict a sweep's targets from its finished rungs into SWEEP_DIR/predictions/ (and W&B)."""
+"""Predict a sweep's targets from its finished rungs into SWEEP_DIR/predictions/ (and W&B).
+
+Intervals are calibrated on the rungs' own backtests (analysis.practice.calibrate), as
+`ladder predict` does; the calibration is kept in predictions/calibration.json with its
+leave-one-scenario-out coverage, and reused when the sweep predicts again from the same rungs."""
 
 from __future__ import annotations
 
@@ -9,14 +13,22 @@ from ladder.sweep.plan import SweepError
 from ladder.sweep.sweepdir import Sweep
 
 
-def predict_sweep(sweep: Sweep, *, n_boot: int = 200, plots: bool = True, echo=print):
+CALIBRATION_FILE = "calibration.json"
+
+
+def predict_sweep(sweep: Sweep, *, n_boot: int = 200, plots: bool = True, echo=print,
+                  calibrate: bool = True):
     """Fit on the rungs only (never on a target's run) and predict every target. Writes
     predictions/ and returns the predictions."""
+    import shutil
+
     from analysis.predict import Target, predict_targets
     from analysis.checks import check_ladder, check_target, once
     from analysis.files import output_dir
+    from analysis.practice.calibrate import ladder_calibration
     from analysis.report import REPORT_FILES, write_report
     from analysis.runlog import read_run
+    from analysis.twostep import TwoStepConfig
 
     plan = sweep.plan
     if not plan.targets:
@@ -34,13 +46,18 @@ def predict_sweep(sweep: Sweep, *, n_boot: int = 200, plots: bool = True, echo=p
     doubts = {t.name: ladder_doubts + check_target(runs, t.n, t.d, t.name) for t in targets}
     for m in (m for ms in doubts.values() for m in ms):
         warn(m)
+    out = sweep.predictions_dir
+    cached = out / CALIBRATION_FILE
+    cal = (ladder_calibration(runs, tasks, TwoStepConfig(), n_boot, cached, say=echo)
+           if calibrate else None)
     preds = predict_targets(runs, targets, tasks, actuals=actuals, n_boot=n_boot,
-                            keep_samples=plots, warn=warn)
+                            keep_samples=plots, warn=warn, calibration=cal)
     for p in preds:
         p.warnings = doubts[p.target] + p.warnings
-    out = sweep.predictions_dir
-    with output_dir(out, REPORT_FILES) as tmp:  # the new set replaces the old one whole
+    with output_dir(out, (*REPORT_FILES, CALIBRATION_FILE)) as tmp:  # replaces the old set whole
         files = write_report(preds, tmp, f"{sweep.recipe.name}: predictions", plots=plots)
+        if cal is not None and cached.exists():  # the calibration stays with the set it made
+            shutil.copy2(cached, tmp / CALIBRATION_FILE)
     files = {k: out / f.name for k, f in files.items()}
     _log_to_wandb(sweep, preds, files, echo)
     return preds, files
@@ -65,7 +82,7 @@ def _log_to_wandb(sweep: Sweep, preds, files: dict[str, Path], echo) -> None:
         return
     pngs = [p for k, p in files.items() if str(p).endswith(".png")]
     try:
-        log_predictions([p.to_json(details=False) for p in preds], pngs, project=t.project,
+        log_predictions([p.to_json() for p in preds], pngs, project=t.project,
                         entity=t.entity, group=t.group or sweep.recipe.name, mode=t.mode,
                         run_dir=str(sweep.dir))
     except Exception as e:  # the predictions are on disk already; tracking must not lose them

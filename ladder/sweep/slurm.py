@@ -43,7 +43,8 @@ from analysis.files import atomic_write_text
 from ladder.train.status import PREVIOUS, STATUS_FILE
 from ladder.sweep.rundir import DONE_MARKER, run_state
 from ladder.sweep.launcher import CHECKPOINT_EXIT_CODE, Job, JobSpecError, Resources
-from ladder.sweep.slurm_script import _comment, _launch_line, _sbatch_lines, action_function
+from ladder.sweep.slurm_script import (_comment, _launch_line, _sbatch_lines, action_function,
+                                       rendezvous_lines)
 
 SLURM_SUBDIR = "slurm"
 JOBS_JSON = "jobs.json"
@@ -248,7 +249,8 @@ class SlurmSweep:
         lines += _RUNG_BODY.format(
             checkpoint=self.checkpoint_exit_code, retries=self.max_retries,
             max_requeues=self.max_requeues, done=DONE_MARKER,
-            launch=_launch_line(group.resources), status=STATUS_FILE, status_prev=PREVIOUS,
+            launch=_launch_line(group.resources), rendezvous=rendezvous_lines(),
+            status=STATUS_FILE, status_prev=PREVIOUS,
             action_fn=action_function()).splitlines()
         return "\n".join(lines) + "\n"
 
@@ -342,10 +344,7 @@ mkdir -p "$RUN_DIR"
 echo "[ladder] $(date -Is) rung=$RUNG task=$TASK job=$SLURM_JOB_ID restart=$RESTARTS host=$(hostname)"
 if [ -e "$RUN_DIR/{done}" ]; then echo "[ladder] $RUN_DIR/{done} exists: nothing to do"; exit 0; fi
 
-# Rendezvous for multi-process rungs (same values on every node of this task).
-MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
-MASTER_PORT=$(( 20000 + SLURM_JOB_ID % 20000 ))
-export MASTER_ADDR MASTER_PORT
+{rendezvous}
 
 PREEMPT=0; TERMINATED=0; CHILD=""
 # USR1 (sent by --signal=B:USR1@ before the time limit, or by hand: scancel --signal=USR1

@@ -32,6 +32,22 @@ def action_function() -> str:
         "}")
 
 
+def rendezvous_lines() -> str:
+    """MASTER_ADDR/MASTER_PORT for multi-process rungs, the same on every node of a task. The
+    address is the first node's ``NodeAddr``, the address SLURM itself reaches it at: a node's
+    name need not resolve where the job runs (SLURM falls back to the name when no NodeAddr
+    is configured, so it is never worse than the name)."""
+    return (
+        "# Rendezvous for multi-process rungs (same values on every node of this task): the first\n"
+        "# node's NodeAddr, the address SLURM reaches it at (its name need not resolve).\n"
+        'MASTER_NODE="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"\n'
+        'MASTER_ADDR="$(scontrol -o show node "$MASTER_NODE" 2>/dev/null'
+        " | sed -n 's/.* NodeAddr=\\([^ ]*\\).*/\\1/p')\"\n"
+        'MASTER_ADDR="${MASTER_ADDR:-$MASTER_NODE}"\n'
+        "MASTER_PORT=$(( 20000 + SLURM_JOB_ID % 20000 ))\n"
+        "export MASTER_ADDR MASTER_PORT")
+
+
 def _comment(text: object) -> str:
     """Text safe inside a bash comment (a newline would end the comment)."""
     return str(text).replace("\n", "\\n").replace("\r", "\\r")

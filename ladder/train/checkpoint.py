@@ -9,9 +9,9 @@ Layout of ``<run>/checkpoints/step0000123/``::
     training_state/state.json                                 step, tokens, data position, RNG
     checkpoint.json                                           written last: what this holds
 
-A checkpoint is written into ``.tmp-step0000123-<pid>/`` and renamed into place only when every
-file is flushed, so a directory named ``stepNNNNNNN`` is complete by construction; temp
-directories left by a killed save are ignored and swept on the next start.
+A checkpoint is written (:mod:`ladder.train.saver`) into ``.tmp-step0000123/`` and renamed into
+place only when every file is flushed, so a directory named ``stepNNNNNNN`` is complete by
+construction; temp directories left by a killed save are ignored and swept on the next start.
 """
 
 from __future__ import annotations
@@ -122,57 +122,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# ---------------------------------------------------------------------------- save / load
-
-
-def save_checkpoint(run_dir: Path, step: int, *, accelerator, model, optimizer, scheduler,
-                    tokenizer, state: dict[str, Any], eval_step: bool) -> Path | None:
-    """Write checkpoint ``step`` atomically. Collective: every process must call it."""
-    root = Path(run_dir) / CKPT_DIR
-    final = root / step_dir_name(step)
-    tmp = root / f".tmp-{step_dir_name(step)}"
-    main = accelerator.is_main_process
-    if main:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        (tmp / STATE).mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    # Every process writes its own RNG state; everything else is replicated (DDP) or gathered.
-    rank = accelerator.process_index
-    rng = rng_state()
-    torch.save({"torch": rng["torch"], "cuda": rng["cuda"]}, tmp / STATE / f"rng-rank{rank}.pt")
-    (tmp / STATE / f"rng-rank{rank}.json").write_text(json.dumps({k: rng[k] for k in ("python", "numpy")}))
-    fsdp = _is_fsdp(accelerator)
-    model_state = _model_state(accelerator, model, fsdp)
-    # Every process writes its shard of the optimizer (FSDP), or rank 0 all of it (replicated);
-    # keyed by parameter name, so a run can resume with another strategy or process count.
-    dcp_save(optimizer_state(model, optimizer), tmp / STATE / OPTIMIZER_DIR)
-    if main:
-        unwrapped = accelerator.unwrap_model(model)
-        unwrapped = getattr(unwrapped, "_orig_mod", unwrapped)  # torch.compile wrapper
-        unwrapped.save_pretrained(tmp, state_dict=model_state, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        torch.save(scheduler.state_dict(), tmp / STATE / "scheduler.pt")
-        (tmp / STATE / "state.json").write_text(json.dumps({**state, "world_size": accelerator.num_processes}, indent=2))
-        (tmp / MANIFEST).write_text(json.dumps(
-            {"step": step, "tokens": state.get("tokens"), "has_state": True, "eval_step": eval_step,
-             "fsdp": fsdp}, indent=2))
-    accelerator.wait_for_everyone()
-    if main:
-        record_files(tmp)
-        _fsync_tree(tmp)
-        if final.exists():  # a stale copy of the same step (e.g. weights-only): replace it
-            trash = root / f".del-{final.name}"
-            os.rename(final, trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        os.rename(tmp, final)
-        fd = os.open(root, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    accelerator.wait_for_everyone()
-    return final if main else None
+# ---------------------------------------------------------------------------- load (saving: saver.py)
 
 
 def load_checkpoint(ckpt: CheckpointInfo, *, accelerator, model, optimizer, scheduler) -> dict[str, Any]:
@@ -271,14 +221,16 @@ def optimizer_state(model, optimizer) -> dict[str, Any]:
 _SINGLE = "torch.distributed is disabled"  # DCP's note when one process saves/loads: expected
 
 
-def dcp_save(state: dict[str, Any], path: Path) -> None:
+def dcp_save(state: dict[str, Any], path: Path, process_group=None) -> None:
+    """``process_group``: a background writer's own group, so that its collectives never
+    interleave with the training step's on the default group."""
     import warnings
 
     import torch.distributed.checkpoint as dcp
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_SINGLE)
-        dcp.save(state, checkpoint_id=str(path))
+        dcp.save(state, checkpoint_id=str(path), process_group=process_group)
 
 
 def load_optimizer_state(model, optimizer, path: Path) -> None:

@@ -29,8 +29,9 @@ from ladder.data.sequences import PackedSequences
 from ladder.exit_codes import COMPLETED, DIVERGED, EXIT_OK, EXIT_PREEMPTED, PREEMPTED
 from ladder.recipe import Recipe
 from ladder.runplan import RunPlan, eval_steps
-from ladder.train import checkpoint as ckpt
 from ladder.train.loss import next_token_loss
+from ladder.train.parallel import parallel_config
+from ladder.train.saver import CheckpointSaver, take_snapshot
 from ladder.train.setup import RunContext, setup
 
 LR = "optim/learning_rate_group0"
@@ -146,24 +147,30 @@ def _run(ctx: RunContext, recipe: Recipe, progress: bool) -> TrainResult:
         trainer.lr, trainer.tps = ctx.scheduler.get_last_lr()[0], float("nan")
         trainer.evaluate(ctx.step)
     step, status = ctx.step, COMPLETED
-    with _Preemption() as preempt, trainer.tracking():
-        while step < total:
-            trainer.step(step)
-            step += 1
-            stop, due = preempt.requested, False
-            if trainer.cadence.sync(step):  # across processes, at sync points only
-                stop, due = trainer.agree(stop, trainer.save_due())
-            if trainer.cadence.sync(step) or stop:
-                trainer.log(step)
-            if trainer.cadence.evaluate(step):
-                trainer.evaluate(step)
-            if trainer.cadence.checkpoint(step) or stop or due:
-                trainer.save(step, is_eval=trainer.cadence.evaluate(step))
-            if stop and step < total:
-                status = PREEMPTED
-                ctx.accelerator.print(f"\npreemption signal: checkpoint saved at step {step}; "
-                                      f"rerun the same command to resume (exit {EXIT_PREEMPTED})")
-                break
+    ok = False
+    try:
+        with _Preemption() as preempt, trainer.tracking():
+            while step < total:
+                trainer.step(step)
+                step += 1
+                stop, due = preempt.requested, False
+                if trainer.cadence.sync(step):  # across processes, at sync points only
+                    stop, due = trainer.agree(stop, trainer.save_due())
+                if trainer.cadence.sync(step) or stop:
+                    trainer.log(step)
+                if trainer.cadence.evaluate(step):
+                    trainer.evaluate(step)
+                if trainer.cadence.checkpoint(step) or stop or due:
+                    trainer.save(step, is_eval=trainer.cadence.evaluate(step))
+                if stop and step < total:
+                    status = PREEMPTED
+                    break
+            ok = True
+    finally:  # a background save in flight completes before the run ends, however it ends
+        trainer.settle_saves(raise_error=ok)
+    if status == PREEMPTED:
+        ctx.accelerator.print(f"\npreemption signal: checkpoint saved at step {step}; "
+                              f"rerun the same command to resume (exit {EXIT_PREEMPTED})")
     trainer.close()
     ctx.set_status(status, step)
     return TrainResult(status, ctx.run_dir, step, total, ctx.last_row())
@@ -184,6 +191,8 @@ class Trainer:
         self.gnorm: torch.Tensor | float = float("nan")
         self._trackers = False
         self.last_save = time.monotonic()
+        self.saver = CheckpointSaver(ctx.accelerator, async_saves(ctx.recipe, ctx.accelerator),
+                                     parallel_config(ctx.recipe).timeout_minutes)
 
     @contextlib.contextmanager
     def tracking(self):
@@ -225,8 +234,10 @@ class Trainer:
         try:
             self.last_loss = _check_finite(self.pending, c.accelerator, c.last_checkpoint)
         except NonFiniteLossError as e:
+            self.settle_saves(raise_error=False)  # name a checkpoint that is complete
+            e = NonFiniteLossError(e.step, e.value, c.last_checkpoint)
             c.set_status(DIVERGED, step, str(e))
-            raise
+            raise e from None
         self.pending.clear()
         self.tps = self.tokens / max(self.seconds, 1e-9)
         self.mfu = c.plan.flops_per_token * self.tps / self.peak if self.peak else None
@@ -266,18 +277,22 @@ class Trainer:
                            f"bpb {row[f'eval/{c.data.name}-validation/bpb']:.4f}")
 
     def save(self, step: int, is_eval: bool) -> None:
+        """Snapshot the state now (the step's only stall when saving asynchronously) and write it."""
         c, ck = self.ctx, self.ctx.recipe.checkpoint
         state = {"step": step, "tokens": step * c.plan.batch_tokens, "data_position": step * c.plan.batch_seqs,
                  "seed": c.plan.seed, "total_steps": c.plan.total_steps,
                  "train_loss": self.last_loss}  # for a lost evaluation row evaluated again
-        path = ckpt.save_checkpoint(c.run_dir, step, accelerator=c.accelerator, model=c.model,
-                                    optimizer=c.optimizer, scheduler=c.scheduler,
-                                    tokenizer=c.data.tokenizer, state=state, eval_step=is_eval)
-        c.last_checkpoint = path or c.last_checkpoint
+        self.settle_saves()  # at most one in flight
+        snap = take_snapshot(step, accelerator=c.accelerator, model=c.model, optimizer=c.optimizer,
+                             scheduler=c.scheduler, state=state, eval_step=is_eval)
+        self.saver.save(c.run_dir, snap, model=c.model, tokenizer=c.data.tokenizer, keep_last=ck.keep_last,
+                        keep_eval_weights=ck.keep_eval_weights)
+        c.last_checkpoint = self.saver.last_written or c.last_checkpoint
         self.last_save = time.monotonic()
-        if c.accelerator.is_main_process:
-            ckpt.prune_checkpoints(c.run_dir, ck.keep_last, ck.keep_eval_weights)
-        c.accelerator.wait_for_everyone()
+
+    def settle_saves(self, raise_error: bool = True) -> None:
+        """Wait for the background save in flight, if any (its error is raised here)."""
+        self.ctx.last_checkpoint = self.saver.wait(raise_error) or self.ctx.last_checkpoint
 
     def close(self) -> None:
         if self.bar is not None:
@@ -346,6 +361,14 @@ def _check_finite(pending: list[tuple[int, torch.Tensor]], accelerator, last_ckp
         if not math.isfinite(v):
             raise NonFiniteLossError(s, v, last_ckpt)
     return values[-1]
+
+
+def async_saves(recipe: Recipe, accelerator) -> bool:
+    """``checkpoint.async_save``; auto = with several processes or on a GPU."""
+    setting = recipe.checkpoint.async_save
+    if setting == "auto":
+        return accelerator.num_processes > 1 or accelerator.device.type != "cpu"
+    return bool(setting)
 
 
 def _progress(accelerator, enabled: bool, step: int, plan: RunPlan):

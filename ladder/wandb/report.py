@@ -15,8 +15,8 @@ from typing import Any, Iterable
 
 from analysis.files import finite_or_none, json_safe
 
-TABLE_COLUMNS = ("task", "target", "pred_acc", "pred_acc_low", "pred_acc_high", "pred_loss",
-                 "actual_acc", "actual_loss")
+TABLE_COLUMNS = ("task", "target", "grade", "pred_acc", "pred_acc_low", "pred_acc_high",
+                 "interval_calibrated", "pred_loss", "actual_acc", "actual_loss")
 REQUIRED = ("task", "target", "pred_acc")
 
 
@@ -45,9 +45,17 @@ def _as_dicts(predictions: Iterable[Any]) -> list[dict[str, Any]]:
     return out
 
 
+def table_row(p: dict[str, Any]) -> dict[str, Any]:
+    """A predictions.json entry as a table row: its fields, plus whether its interval was
+    calibrated (a reader must not mistake a raw bootstrap interval for a calibrated one)."""
+    calibrated = (p.get("interval") or {}).get("calibrated")
+    return {**p, "interval_calibrated": calibrated}
+
+
 def table_columns(predictions: list[dict[str, Any]]) -> list[str]:
     """TABLE_COLUMNS that at least one prediction carries (actuals only when known)."""
-    return [c for c in TABLE_COLUMNS if any(p.get(c) is not None for p in predictions)]
+    rows = [table_row(p) for p in predictions]
+    return [c for c in TABLE_COLUMNS if any(r.get(c) is not None for r in rows)]
 
 
 def summary_values(predictions: list[dict[str, Any]]) -> dict[str, float]:
@@ -104,7 +112,7 @@ def log_predictions(predictions: list[dict[str, Any]], plot_paths: list[Path], *
                      settings=wandb.Settings(console="off", silent=True))
     try:
         table = wandb.Table(columns=columns,
-                            data=[[json_safe(p.get(c)) for c in columns] for p in preds])
+                            data=[[json_safe(table_row(p).get(c)) for c in columns] for p in preds])
         payload: dict[str, Any] = {"predictions": table}
         for path in plots:
             payload[f"plots/{path.stem}"] = wandb.Image(str(path), caption=path.stem)

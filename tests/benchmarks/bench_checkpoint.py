@@ -1,0 +1,112 @@
+"""How long a checkpoint stalls training: a synchronous save against a background one
+(``checkpoint.async_save``), on one process, in one invocation.
+
+    PYTHONPATH=. python tests/benchmarks/bench_checkpoint.py                   # CPU, tiny-4.9m
+    PYTHONPATH=. python tests/benchmarks/bench_checkpoint.py --size 190M --saves 3   # GPU
+
+For each mode, ``--saves`` times: a few training steps, then a save. The stall is the time from
+the save's call to its return (synchronous: the whole write; asynchronous: the snapshot in host
+memory). Also printed: how long the background write took (joined after ``--steps-between``
+steps) and the mean step time while a write was in flight against the mean without one, the cost
+of sharing the machine with the writer. Modes alternate (sync, async, sync, ...) so that a
+shared machine's load hits both alike; medians are printed, and the stall ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+
+def build(args):
+    import torch
+    from accelerate import Accelerator
+
+    from ladder.data.pipeline import DataConfig, ModelConfig, prepare_data
+    from ladder.data.sequences import BatchSampler, PackedSequences
+    from ladder.recipe import from_dict
+    from ladder.runplan import plan_run
+    from ladder.train.setup import build_model, build_optimizer
+
+    torch.set_num_threads(args.threads)
+    cuda = torch.cuda.is_available()
+    recipe = from_dict({"model": {"sizes": [args.size], "tokenizer_vocab_size": 512},
+                        "train": {"seq_len": args.seq_len, "batch_tokens": args.seq_len * args.micro,
+                                  "micro_batch_size": args.micro, "lr": 1e-3, "warmup_tokens": 0}})
+    data = prepare_data(DataConfig(max_bytes=1_000_000), ModelConfig(tokenizer_vocab_size=512))
+    vocab = 100_352 if not args.size.startswith("tiny") else 512
+    plan = plan_run(recipe, args.size, 1.0, 0, vocab)
+    acc = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
+    model = build_model(plan).to(acc.device)
+    opt = build_optimizer(model, plan, acc.device)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    model, opt = acc.prepare(model, opt)
+    seqs = PackedSequences(data.train, args.seq_len)
+    return acc, model, opt, sched, data.tokenizer, seqs, BatchSampler(seqs.n, plan.batch_seqs, 0), plan
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", default="tiny-4.9m")
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--micro", type=int, default=4)
+    ap.add_argument("--saves", type=int, default=3, help="saves per mode")
+    ap.add_argument("--steps-between", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from ladder.train.loop import _train_step
+    from ladder.train.saver import CheckpointSaver, take_snapshot
+
+    hf_logging.disable_progress_bar()  # save_pretrained's shard bar, as train() does
+    acc, model, opt, sched, tok, seqs, sampler, plan = build(args)
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    step = 0
+
+    def train_step() -> float:
+        nonlocal step
+        t = time.perf_counter()
+        _train_step(model, opt, sched, acc, seqs, sampler.indices(step), args.micro, 1, 1.0)
+        sync()
+        step += 1
+        return time.perf_counter() - t
+
+    for _ in range(3):  # warm-up
+        train_step()
+    stalls = {"sync": [], "async": []}
+    writes, busy, idle = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        savers = {m: CheckpointSaver(acc, asynchronous=m == "async") for m in stalls}
+        for i in range(2 * args.saves):
+            mode = ("sync", "async")[i % 2]
+            idle.extend(train_step() for _ in range(args.steps_between))
+            saver = savers[mode]
+            t0 = time.perf_counter()
+            snap = take_snapshot(step, accelerator=acc, model=model, optimizer=opt, scheduler=sched,
+                                 state={"step": step}, eval_step=False)
+            saver.save(Path(tmp) / mode, snap, model=model, tokenizer=tok, keep_last=1, keep_eval_weights=False)
+            stalls[mode].append(time.perf_counter() - t0)
+            if mode == "async":
+                while saver.in_flight:
+                    busy.append(train_step())
+                saver.wait()
+                writes.append(time.perf_counter() - t0)
+    med = {m: statistics.median(v) for m, v in stalls.items()}
+    print(f"{args.size} ({plan.n_params / 1e6:.1f}M params), device {acc.device}, {args.saves} saves per mode")
+    print(f"  step stall of a save: sync {1e3 * med['sync']:.1f} ms, async {1e3 * med['async']:.1f} ms "
+          f"(snapshot only): ratio sync/async {med['sync'] / med['async']:.1f}x")
+    print(f"  background write, snapshot to rename: {1e3 * statistics.median(writes):.1f} ms; "
+          f"{len(busy)} steps ran meanwhile")
+    if busy:
+        print(f"  step time with a write in flight {1e3 * statistics.mean(busy):.1f} ms vs "
+              f"{1e3 * statistics.mean(idle):.1f} ms without")
+
+
+if __name__ == "__main__":
+    main()
