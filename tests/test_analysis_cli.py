@@ -166,8 +166,8 @@ def test_predict_7b_on_paper_ladder(olmo_ladder_dir, tmp_path):
     assert max(errs.values()) < 10.5, errs
     covered = sum(r["pred_acc_low"] <= r["actual_acc"] <= r["pred_acc_high"] for r in rows.values())
     widths = [100 * (r["pred_acc_high"] - r["pred_acc_low"]) for r in rows.values()]
-    # The issue aims at a median width <= 10 points; we measure 10.7 (docs/analysis.md) and
-    # guard against regressions beyond that rather than pretend.
+    # Raw bootstrap intervals here (calibrated ones: test_predict_7b_calibrated): measured 6 of 8
+    # inside, median width 7.9 points (docs/analysis.md); this guards against regressions.
     assert covered >= 6 and np.median(widths) <= 11, (covered, widths)
     for png in ("step1.png", "step2.png", "chained.png"):
         assert (out / png).exists()
