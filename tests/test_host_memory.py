@@ -37,6 +37,7 @@ def _faults(keep: str) -> tuple[str, int]:
     return applied, int(faults)
 
 
+@pytest.mark.slow  # a performance property (about 30 s); bench_train.py prints the figures too
 @pytest.mark.skipif(platform.system() != "Linux" or not platform.libc_ver()[0].startswith("glibc"),
                     reason="mallopt is glibc's (Linux); elsewhere keep_freed_memory does nothing")
 def test_freed_buffers_are_reused_without_page_faults():
