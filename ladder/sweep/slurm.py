@@ -1,6 +1,7 @@
-"""SLURM backend for sweeps: sbatch scripts, submission, preemption. The script lines are in
-:mod:`ladder.sweep.slurm_script`, per-rung status in :mod:`ladder.sweep.slurm_status`; what stays
-here (~500 lines) is one concern, a sweep's jobs from recipe block to submitted array.
+"""SLURM backend for sweeps: sbatch scripts, submission, preemption. The script lines (the rung's
+bash body included) are in :mod:`ladder.sweep.slurm_script`, per-rung status in
+:mod:`ladder.sweep.slurm_status`; what stays here is a sweep's jobs from recipe block to
+submitted array.
 
 Layout written under ``SWEEP_DIR/slurm/``:
   ``array-<k>.sbatch``  one job ARRAY per group of rungs with identical resources (a SLURM
@@ -40,11 +41,9 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from analysis.files import atomic_write_text
-from ladder.train.status import PREVIOUS, STATUS_FILE
-from ladder.sweep.rundir import DONE_MARKER, run_state
+from ladder.sweep.rundir import run_state
 from ladder.sweep.launcher import CHECKPOINT_EXIT_CODE, Job, JobSpecError, Resources
-from ladder.sweep.slurm_script import (_comment, _launch_line, _sbatch_lines, action_function,
-                                       rendezvous_lines)
+from ladder.sweep.slurm_script import _comment, _launch_line, _sbatch_lines, rung_body
 
 SLURM_SUBDIR = "slurm"
 JOBS_JSON = "jobs.json"
@@ -246,12 +245,9 @@ class SlurmSweep:
                       "    ;;"]
         lines += ['  *) echo "[ladder] no rung for array task $SLURM_ARRAY_TASK_ID" >&2; exit 2;;',
                   "esac", ""]
-        lines += _RUNG_BODY.format(
-            checkpoint=self.checkpoint_exit_code, retries=self.max_retries,
-            max_requeues=self.max_requeues, done=DONE_MARKER,
-            launch=_launch_line(group.resources), rendezvous=rendezvous_lines(),
-            status=STATUS_FILE, status_prev=PREVIOUS,
-            action_fn=action_function()).splitlines()
+        lines += rung_body(checkpoint=self.checkpoint_exit_code, retries=self.max_retries,
+                           max_requeues=self.max_requeues, launch=_launch_line(group.resources)
+                           ).splitlines()
         return "\n".join(lines) + "\n"
 
     def render_final(self) -> str:
@@ -334,57 +330,6 @@ class SlurmSweep:
         return record
 
 
-_RUNG_BODY = r"""
-CHECKPOINT_EXIT={checkpoint}   # the trainer saved a checkpoint on a signal: requeue, resume
-MAX_RETRIES={retries}        # requeues after other failures (killed process, lost node)
-MAX_REQUEUES={max_requeues}     # hard cap on restarts of this task
-TASK="${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}"
-RESTARTS="${{SLURM_RESTART_COUNT:-0}}"
-mkdir -p "$RUN_DIR"
-echo "[ladder] $(date -Is) rung=$RUNG task=$TASK job=$SLURM_JOB_ID restart=$RESTARTS host=$(hostname)"
-if [ -e "$RUN_DIR/{done}" ]; then echo "[ladder] $RUN_DIR/{done} exists: nothing to do"; exit 0; fi
-
-{rendezvous}
-
-PREEMPT=0; TERMINATED=0; CHILD=""
-# USR1 (sent by --signal=B:USR1@ before the time limit, or by hand: scancel --signal=USR1
-# --batch): forward it to srun, which delivers it to every process of the step; the trainer
-# checkpoints and exits with CHECKPOINT_EXIT. (SIGTERM would make srun kill the step at once.)
-on_usr1() {{ PREEMPT=1; echo "[ladder] $(date -Is) USR1: asking the rung to checkpoint"; [ -n "$CHILD" ] && kill -USR1 "$CHILD" 2>/dev/null; }}
-# TERM comes from SLURM itself (scancel, preemption, node shutdown), which signals the step's
-# processes too; only note it, SLURM decides whether the job comes back.
-on_term() {{ TERMINATED=1; echo "[ladder] $(date -Is) TERM from SLURM"; }}
-trap on_usr1 USR1
-trap on_term TERM
-
-# The previous attempt's outcome must not be read as this one's.
-mv -f "$RUN_DIR/{status}" "$RUN_DIR/{status_prev}" 2>/dev/null || true
-{launch} &
-CHILD=$!
-# `wait` returns early when a trapped signal arrives; keep waiting for the rung itself.
-while :; do wait "$CHILD"; kill -0 "$CHILD" 2>/dev/null || break; done
-wait "$CHILD"; RC=$?
-OUTCOME="$(sed -n 's/.*"outcome": *"\([a-z_]*\)".*/\1/p' "$RUN_DIR/{status}" 2>/dev/null | head -n 1)"
-echo "[ladder] $(date -Is) rung exited with $RC (outcome: ${{OUTCOME:-none}})"
-
-requeue() {{
-  if [ "$RESTARTS" -ge "$MAX_REQUEUES" ]; then echo "[ladder] $MAX_REQUEUES restarts already: not requeueing" >&2; exit "$RC"; fi
-  echo "[ladder] requeue $TASK ($1)"
-  if scontrol requeue "$TASK"; then exit 0; fi
-  echo "[ladder] scontrol requeue $TASK failed" >&2; exit "$RC"
-}}
-{action_fn}
-ACTION="$(ladder_action "$OUTCOME" "$RC")"
-if [ "$ACTION" = done ]; then exit 0; fi
-if [ "$TERMINATED" -eq 1 ] && [ "$PREEMPT" -eq 0 ]; then exit "$RC"; fi  # SLURM's own cancel/preempt
-if [ "$ACTION" = "give up" ]; then
-  echo "[ladder] outcome ${{OUTCOME:-none}} (exit $RC): not retried, it would fail again" >&2
-  [ "$RC" -eq 0 ] && exit 1; exit "$RC"
-fi
-if [ "$PREEMPT" -eq 1 ] || [ "$ACTION" = requeue ]; then requeue "checkpointed"; fi
-if [ "$RESTARTS" -lt "$MAX_RETRIES" ]; then requeue "${{OUTCOME:-exit $RC}}, retry $(( RESTARTS + 1 ))/$MAX_RETRIES"; fi
-[ "$RC" -eq 0 ] && exit 1; exit "$RC"
-"""
 
 
 # ---------------------------------------------------------------------------- SLURM commands

@@ -1,5 +1,6 @@
 """The lines of a SLURM batch script: #SBATCH options, the launch step (srun, accelerate on
-every node) and the bash copy of the retry policy of :func:`ladder.exit_codes.next_action`."""
+every node), the rung's body (rendezvous, signal forwarding, what to do after it exits) and the
+bash copy of the retry policy of :func:`ladder.exit_codes.next_action`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 from ladder.exit_codes import (BAD_INPUT, COMPLETED, DIVERGED, DONE as DONE_ACTION, EXIT_BAD_INPUT, EXIT_DIVERGED,
                                EXIT_OK, EXIT_PREEMPTED, GIVE_UP, PREEMPTED, REQUEUE, RETRY)
 from ladder.sweep.launcher import JobSpecError, Resources, accelerate_options
+from ladder.sweep.rundir import DONE_MARKER
+from ladder.train.status import PREVIOUS, STATUS_FILE
 
 
 def action_function() -> str:
@@ -103,3 +106,64 @@ def _launch_line(r: Resources) -> str:
             f"srun --nodes={r.nodes} --ntasks-per-node=1{cpus} --kill-on-bad-exit=1 "
             "bash -c 'trap \"\" USR1; n=$1; shift; exec \"${@:1:n}\" --machine_rank \"$SLURM_NODEID\" "
             "--no_python \"${@:n+1}\"' ladder-rank \"${#ACCEL[@]}\" \"${ACCEL[@]}\" \"${CMD[@]}\"")
+
+
+def rung_body(*, checkpoint: int, retries: int, max_requeues: int, launch: str) -> str:
+    """The part of an array script after its rung table: rendezvous, the launch with signals
+    forwarded, then what to do from the run's status file (done, requeue, retry or give up)."""
+    return _RUNG_BODY.format(checkpoint=checkpoint, retries=retries, max_requeues=max_requeues,
+                             done=DONE_MARKER, launch=launch, rendezvous=rendezvous_lines(),
+                             status=STATUS_FILE, status_prev=PREVIOUS, action_fn=action_function())
+
+
+_RUNG_BODY = r"""
+CHECKPOINT_EXIT={checkpoint}   # the trainer saved a checkpoint on a signal: requeue, resume
+MAX_RETRIES={retries}        # requeues after other failures (killed process, lost node)
+MAX_REQUEUES={max_requeues}     # hard cap on restarts of this task
+TASK="${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}"
+RESTARTS="${{SLURM_RESTART_COUNT:-0}}"
+mkdir -p "$RUN_DIR"
+echo "[ladder] $(date -Is) rung=$RUNG task=$TASK job=$SLURM_JOB_ID restart=$RESTARTS host=$(hostname)"
+if [ -e "$RUN_DIR/{done}" ]; then echo "[ladder] $RUN_DIR/{done} exists: nothing to do"; exit 0; fi
+
+{rendezvous}
+
+PREEMPT=0; TERMINATED=0; CHILD=""
+# USR1 (sent by --signal=B:USR1@ before the time limit, or by hand: scancel --signal=USR1
+# --batch): forward it to srun, which delivers it to every process of the step; the trainer
+# checkpoints and exits with CHECKPOINT_EXIT. (SIGTERM would make srun kill the step at once.)
+on_usr1() {{ PREEMPT=1; echo "[ladder] $(date -Is) USR1: asking the rung to checkpoint"; [ -n "$CHILD" ] && kill -USR1 "$CHILD" 2>/dev/null; }}
+# TERM comes from SLURM itself (scancel, preemption, node shutdown), which signals the step's
+# processes too; only note it, SLURM decides whether the job comes back.
+on_term() {{ TERMINATED=1; echo "[ladder] $(date -Is) TERM from SLURM"; }}
+trap on_usr1 USR1
+trap on_term TERM
+
+# The previous attempt's outcome must not be read as this one's.
+mv -f "$RUN_DIR/{status}" "$RUN_DIR/{status_prev}" 2>/dev/null || true
+{launch} &
+CHILD=$!
+# `wait` returns early when a trapped signal arrives; keep waiting for the rung itself.
+while :; do wait "$CHILD"; kill -0 "$CHILD" 2>/dev/null || break; done
+wait "$CHILD"; RC=$?
+OUTCOME="$(sed -n 's/.*"outcome": *"\([a-z_]*\)".*/\1/p' "$RUN_DIR/{status}" 2>/dev/null | head -n 1)"
+echo "[ladder] $(date -Is) rung exited with $RC (outcome: ${{OUTCOME:-none}})"
+
+requeue() {{
+  if [ "$RESTARTS" -ge "$MAX_REQUEUES" ]; then echo "[ladder] $MAX_REQUEUES restarts already: not requeueing" >&2; exit "$RC"; fi
+  echo "[ladder] requeue $TASK ($1)"
+  if scontrol requeue "$TASK"; then exit 0; fi
+  echo "[ladder] scontrol requeue $TASK failed" >&2; exit "$RC"
+}}
+{action_fn}
+ACTION="$(ladder_action "$OUTCOME" "$RC")"
+if [ "$ACTION" = done ]; then exit 0; fi
+if [ "$TERMINATED" -eq 1 ] && [ "$PREEMPT" -eq 0 ]; then exit "$RC"; fi  # SLURM's own cancel/preempt
+if [ "$ACTION" = "give up" ]; then
+  echo "[ladder] outcome ${{OUTCOME:-none}} (exit $RC): not retried, it would fail again" >&2
+  [ "$RC" -eq 0 ] && exit 1; exit "$RC"
+fi
+if [ "$PREEMPT" -eq 1 ] || [ "$ACTION" = requeue ]; then requeue "checkpointed"; fi
+if [ "$RESTARTS" -lt "$MAX_RETRIES" ]; then requeue "${{OUTCOME:-exit $RC}}, retry $(( RESTARTS + 1 ))/$MAX_RETRIES"; fi
+[ "$RC" -eq 0 ] && exit 1; exit "$RC"
+"""
