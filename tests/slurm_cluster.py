@@ -359,12 +359,16 @@ except ImportError:  # standalone use without pytest
     pass
 
 
-def main() -> int:
-    cluster = LocalSlurmCluster()
+def main(cluster_class=None) -> int:
+    """Start a cluster, print its SLURM_CONF, stop it on Ctrl-C (also tests/slurm_multinode.py).
+    Signals are blocked only once the daemons run: they inherit the mask, and daemons started
+    with SIGTERM blocked would each sit out stop()'s grace period before being killed."""
+    cluster = (cluster_class or LocalSlurmCluster)()
     os.environ["LADDER_KEEP_SLURM_DIR"] = os.environ.get("LADDER_KEEP_SLURM_DIR", "0")
     cluster.start()
-    print(f"export SLURM_CONF={cluster.conf}", flush=True)
     try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        print(f"export SLURM_CONF={cluster.conf}", flush=True)
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
     finally:
         cluster.stop()
@@ -372,5 +376,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     sys.exit(main())

@@ -33,7 +33,7 @@ if __package__ in (None, ""):  # standalone
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.slurm_cluster import (PARTITION, LocalSlurmCluster, SlurmUnavailable, _which,
-                                 ensure_installed)
+                                 ensure_installed, main)
 
 BRIDGE = "ladder-br0"
 CTL_NS = "ladder-ctl"
@@ -191,17 +191,5 @@ def two_node_cluster_fixture():
         cluster.stop()
 
 
-def main() -> int:
-    cluster = TwoNodeSlurmCluster()
-    cluster.start()
-    print(f"export SLURM_CONF={cluster.conf}", flush=True)
-    try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
-    finally:
-        cluster.stop()
-    return 0
-
-
 if __name__ == "__main__":
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    sys.exit(main())
+    sys.exit(main(TwoNodeSlurmCluster))
