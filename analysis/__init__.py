@@ -6,28 +6,15 @@ The names below are loaded on first use (PEP 562): importing one light submodule
 ``analysis.twostep.config`` for a command's options) does not import scipy and pandas.
 """
 
-import importlib
+from analysis.lazy import attach
 
-_EXPORTS = {
+__getattr__, __dir__, _EXPORTED = attach(__name__, {
     "analysis.fit": ("FitError", "FitResult"),
     "analysis.laws": ("ChinchillaLaw", "ComputeLaw", "LogSigmoidLink", "SigmoidLink"),
     "analysis.predict": ("Prediction", "Target", "predict_target", "predict_targets"),
     "analysis.runlog": ("RunLog", "RunLogError", "RunLogWriter", "RunMeta", "read_run", "read_runs"),
     "analysis.twostep": ("TaskModel", "TwoStepConfig", "fit_task"),
-}
-_HOME = {name: mod for mod, names in _EXPORTS.items() for name in names}
-
-
-def __getattr__(name: str):
-    if name not in _HOME:
-        raise AttributeError(f"module 'analysis' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOME[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_HOME))
+})
 
 
 def fit_loss_law(n, d, loss, *, delta: float = 1e-3, strict: bool = False):
@@ -39,4 +26,4 @@ def fit_loss_law(n, d, loss, *, delta: float = 1e-3, strict: bool = False):
     return ChinchillaLaw(delta=delta).fit(n, d, y=loss, strict=strict)
 
 
-__all__ = sorted([*_HOME, "fit_loss_law"])
+__all__ = sorted([*_EXPORTED, "fit_loss_law"])

@@ -14,27 +14,12 @@ checkpoints; FLOPs-based step 1 (C = 6 N D); sigmoid or log-sigmoid link; single
 """
 
 
-import importlib
+from analysis.lazy import attach
 
-_EXPORTS = {
+# loaded on first use: the config alone imports no scipy
+__getattr__, __dir__, __all__ = attach(__name__, {
     "analysis.twostep.chained": ("TaskModel", "fit_task"),
     "analysis.twostep.config": ("FEATURES", "VAL_CE", "TwoStepConfig"),
     "analysis.twostep.series": ("RunSeries", "feature_columns", "moving_average", "run_series",
                                 "task_accuracy", "task_feature"),
-}
-_HOME = {name: mod for mod, names in _EXPORTS.items() for name in names}
-
-
-def __getattr__(name: str):  # loaded on first use: the config alone imports no scipy
-    if name not in _HOME:
-        raise AttributeError(f"module 'analysis.twostep' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOME[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_HOME))
-
-
-__all__ = sorted(_HOME)
+})
