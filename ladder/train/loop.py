@@ -156,6 +156,11 @@ def _run(ctx: RunContext, recipe: Recipe, progress: bool) -> TrainResult:
                 stop, due = preempt.requested, False
                 if trainer.cadence.sync(step):  # across processes, at sync points only
                     stop, due = trainer.agree(stop, trainer.save_due())
+                elif ctx.accelerator.num_processes > 1:
+                    # a signal some processes have seen and others not yet: acted on at the next
+                    # sync point, by all together (one alone would enter the save's collectives
+                    # while the others enter the next step's, and both would wait forever)
+                    stop = False
                 if trainer.cadence.sync(step) or stop:
                     trainer.log(step)
                 if trainer.cadence.evaluate(step):
