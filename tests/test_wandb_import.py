@@ -319,3 +319,18 @@ def test_run_imported_while_running_is_refreshed(tmp_path):
     run = read_run(tmp_path / "190M-1xC")
     assert run.evals[STEP].tolist() == [1, 2] and run.meta.extra["wandb_state"] == "finished"
     assert import_project("e/p", tmp_path, api=RecordedApi([done]), log=lambda s: None)[0].status == "skipped"
+
+
+def test_service_retries_are_bounded_unless_the_user_sets_them(monkeypatch):
+    """The unreachable-server hang: wandb-core's default retries outlived the error by minutes."""
+    from types import SimpleNamespace
+
+    from ladder.wandb.importer import _bound_retries
+
+    got = []
+    fake = SimpleNamespace(Settings=dict, setup=got.append)
+    monkeypatch.delenv("WANDB__GRAPHQL_RETRY_MAX", raising=False)
+    monkeypatch.delenv("WANDB__GRAPHQL_RETRY_WAIT_MAX_SECONDS", raising=False)
+    monkeypatch.setenv("WANDB__GRAPHQL_TIMEOUT_SECONDS", "60")
+    _bound_retries(fake, 7)
+    assert got == [{"x_graphql_retry_max": 5, "x_graphql_retry_wait_max_seconds": 7.0}]
