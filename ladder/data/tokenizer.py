@@ -67,8 +67,9 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int, out: Path):
 
 
 def load_tokenizer(model: ModelConfig, train_docs: list | None = None,
-                   corpus_hash: str = "", cache: Path | None = None):
-    """The recipe's tokenizer as a ``PreTrainedTokenizerFast`` with EOS and pad tokens."""
+                   corpus_hash: str = "", cache: Path | None = None, local_only: bool = False):
+    """The recipe's tokenizer as a ``PreTrainedTokenizerFast`` with EOS and pad tokens
+    (``local_only``: a hub id only from the Hugging Face cache, never the network)."""
     from transformers import AutoTokenizer
 
     spec = model.tokenizer
@@ -86,8 +87,11 @@ def load_tokenizer(model: ModelConfig, train_docs: list | None = None,
     if p.is_file() and p.suffix == ".json":
         return _wrap_tokenizer_file(p)
     try:
-        tok = AutoTokenizer.from_pretrained(spec)  # local dir or hub id
+        tok = AutoTokenizer.from_pretrained(spec, local_files_only=local_only)  # dir or hub id
     except Exception as e:  # noqa: BLE001 - many failure types; the user needs the key
+        if local_only and not p.exists():
+            raise DataError(f"model.tokenizer: {spec!r} is not in the local Hugging Face cache "
+                            "(the first run downloads it)") from e
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"model.tokenizer: cannot load {spec!r} ({first}); a hub id needs the network "
                         "once (then the Hugging Face cache), or give a local tokenizer.json or "

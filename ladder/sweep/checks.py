@@ -182,7 +182,9 @@ def eval_report(plan) -> str:
 
 
 def task_tokens(recipe) -> tuple[int | None, str]:
-    """Tokens the scorer runs per in-loop task evaluation, counted on the tokenised requests."""
+    """Tokens the scorer runs per in-loop task evaluation, counted on the tokenised requests.
+    A hub tokenizer only from the local cache: a plan is a dry run, and without a network the
+    hub client's retries made it wait 46 s for nothing."""
     from ladder.data.errors import DataError
     from ladder.data.tokenizer import load_tokenizer
     from ladder.sweep.estimate import measure_task_tokens
@@ -193,7 +195,7 @@ def task_tokens(recipe) -> tuple[int | None, str]:
     if recipe.model.tokenizer == "embedded":
         return None, "task tokens not counted: the tokenizer is trained at the first run"
     try:
-        tok = load_tokenizer(recipe.model)
+        tok = load_tokenizer(recipe.model, local_only=True)
         n = measure_task_tokens(ev.tasks, tok, limit=ev.task_limit, seed=recipe.seeds[0],
                                 max_len=recipe.train.seq_len)
     except (DataError, KeyError, ValueError, RuntimeError, OSError) as e:
