@@ -322,6 +322,55 @@ def test_task_evaluator_rows_and_wandb_offline(cache, tmp_path):
     assert list((result.run_dir / "wandb").glob("offline-run-*"))
 
 
+class _FailingOnlineAccelerator:
+    """init_trackers as accelerate's: the tracker is kept even when its start raises."""
+
+    def __init__(self):
+        self.trackers, self.modes = [], []
+
+    def init_trackers(self, project, config=None, init_kwargs=None):
+        mode = init_kwargs["wandb"].get("mode", os.environ.get("WANDB_MODE"))
+        self.trackers.append(mode)
+        self.modes.append(list(self.trackers))
+        if "online" in self.trackers:
+            raise RuntimeError("Failed to get resume status: context deadline exceeded")
+
+
+def test_wandb_online_failure_logs_offline_not_crash(monkeypatch, tmp_path):
+    from ladder.train.tracking import start_trackers
+
+    warned = []
+    acc = _FailingOnlineAccelerator()
+    monkeypatch.setenv("WANDB_MODE", "online")
+    mode = start_trackers(acc, "p", {}, {"wandb": {"id": "abc"}}, tmp_path, warn=warned.append)
+    assert mode == "offline" and acc.modes == [["online"], ["offline"]]
+    assert len(warned) == 1 and "context deadline exceeded" in warned[0] and "wandb sync" in warned[0]
+    # offline asked for and failing: a real error, not hidden
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    acc = _FailingOnlineAccelerator()
+    acc.init_trackers = lambda *a, **k: (_ for _ in ()).throw(OSError("disk full"))
+    with pytest.raises(OSError, match="disk full"):
+        start_trackers(acc, "p", {}, {"wandb": {}}, tmp_path, warn=warned.append)
+
+
+@pytest.mark.slow
+def test_run_with_unreachable_wandb_server_completes_offline(cache, recipe_file, tmp_path):
+    """The real thing: online W&B against a closed port crashed the run after its setup."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(PYTHONPATH=str(ROOT), LADDER_CACHE=str(cache), HOME=str(tmp_path),
+               WANDB_API_KEY="local-" + "0" * 40, WANDB_BASE_URL="http://127.0.0.1:9",
+               WANDB_INIT_TIMEOUT="8", WANDB_SILENT="true")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "ladder", "train", str(recipe_file), "--out", str(out),
+           "--no-progress", "--size", "tiny-25k", "--multiplier", "0.25",
+           "tracking.wandb=true", "tracking.mode=online"]
+    r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "W&B online failed" in r.stderr and "wandb sync" in r.stderr
+    assert json.loads((out / "status.json").read_text())["outcome"] == "completed"
+    assert len(list((out / "wandb").glob("offline-run-*"))) == 1
+
+
 def test_bad_input_errors(recipe_file, cache, tmp_path, capsys):
     import argparse
 

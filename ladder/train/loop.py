@@ -202,13 +202,13 @@ class Trainer:
     @contextlib.contextmanager
     def tracking(self):
         """W&B (through accelerate's trackers) for the loop's duration."""
-        from ladder.train.tracking import jsonable_config, wandb_settings
+        from ladder.train.tracking import jsonable_config, start_trackers, wandb_settings
 
         c = self.ctx
         log_with, init_kwargs = wandb_settings(c.recipe.tracking, c.recipe.name, c.plan.name, str(c.run_dir))
         if log_with:
-            c.accelerator.init_trackers(c.recipe.tracking.project, config=jsonable_config(c.meta.to_json()),
-                                        init_kwargs=init_kwargs)
+            start_trackers(c.accelerator, c.recipe.tracking.project, jsonable_config(c.meta.to_json()),
+                           init_kwargs, c.run_dir)
             self._trackers = True
         yield
 

@@ -35,6 +35,33 @@ def wandb_settings(cfg: TrackingConfig, ladder_name: str, run_name: str, run_dir
     return "wandb", {"wandb": kw}
 
 
+def start_trackers(accelerator, project: str, config: dict, init_kwargs: dict, run_dir,
+                   warn=None) -> str:
+    """``accelerator.init_trackers``; returns the W&B mode the run logs in. W&B is a view of
+    the run (its record is the run directory): when online W&B cannot start (no network, the
+    server down), the run logs offline under the same run id, to `wandb sync` later, instead of
+    crashing after the rung's setup. An explicit offline mode that fails is still an error."""
+    import sys
+
+    try:
+        accelerator.init_trackers(project, config=config, init_kwargs=init_kwargs)
+        return os.environ.get("WANDB_MODE", "online")
+    except Exception as e:  # noqa: BLE001 - wandb raises CommError, UsageError, timeouts ...
+        if os.environ.get("WANDB_MODE", "online") != "online":
+            raise
+        first = " ".join(str(e).split())[:300]
+        (warn or (lambda m: print(m, file=sys.stderr, flush=True)))(
+            f"warning: W&B online failed ({type(e).__name__}: {first}); logging this run offline "
+            f"under {run_dir}/wandb instead: `wandb sync` it later")
+    import wandb
+
+    wandb.teardown()  # the failed attempt keeps the run id in W&B's service
+    accelerator.trackers.clear()  # and its tracker, which init_trackers would start again
+    init_kwargs["wandb"]["mode"] = "offline"
+    accelerator.init_trackers(project, config=config, init_kwargs=init_kwargs)
+    return "offline"
+
+
 def peak_flops(device) -> tuple[float | None, str]:
     """(peak FLOP/s, how it was obtained) for MFU. ``LADDER_PEAK_FLOPS`` overrides."""
     env = os.environ.get("LADDER_PEAK_FLOPS")
