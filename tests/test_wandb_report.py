@@ -169,3 +169,33 @@ def test_bad_inputs_fail_before_creating_a_run(wandb_env):
         log_predictions(_predictions(), [], **{**kw, "mode": "sometimes"})
     assert not (tmp / "r").exists()
     assert log_predictions(_predictions(), [], **{**kw, "mode": "disabled"}) is None
+
+
+def test_sweep_predictions_fall_back_to_offline_when_online_fails(monkeypatch, tmp_path):
+    """As the rungs do: a W&B server that cannot be reached costs the sweep no W&B record."""
+    from types import SimpleNamespace
+
+    import ladder.wandb.report as report
+    from ladder.sweep.predict import _log_to_wandb
+
+    modes = []
+
+    def fake_log(preds, pngs, *, mode, **kw):
+        modes.append(mode)
+        if mode == "online":
+            raise RuntimeError("Timed out while retrying: connection refused")
+
+    monkeypatch.setattr(report, "log_predictions", fake_log)
+    tracking = SimpleNamespace(wandb=True, mode="online", project="p", entity=None, group=None)
+    sweep = SimpleNamespace(recipe=SimpleNamespace(tracking=tracking, name="micro"), dir=tmp_path,
+                            predictions_dir=tmp_path / "predictions")
+    said = []
+    _log_to_wandb(sweep, [], {}, said.append)
+    assert modes == ["online", "offline"]
+    assert "W&B online failed" in said[0] and "wandb sync" in said[1]
+    # offline failing too: a warning that points at the files on disk, nothing raised
+    modes.clear(), said.clear()
+    tracking.mode = "offline"
+    monkeypatch.setattr(report, "log_predictions", lambda *a, **k: (_ for _ in ()).throw(OSError("disk")))
+    _log_to_wandb(sweep, [], {}, said.append)
+    assert len(said) == 1 and "could not log predictions" in said[0] and "predictions" in said[0]
