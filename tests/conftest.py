@@ -28,5 +28,28 @@ def olmo_ladder_dir(shared_data) -> Path:
     return d
 
 
+@pytest.fixture
+def ladder_here(capsys, monkeypatch):
+    """``ladder ARGS`` in this process, for commands that only read and print (plan, sizes):
+    the same parser and code as ``python -m ladder`` without a fresh interpreter importing
+    torch and transformers again (about 7 s a call). Returns (exit code, stdout, stderr)."""
+    from types import SimpleNamespace
+
+    from ladder.cli import main
+
+    def run(*args, cwd=None):
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        try:
+            rc = main([str(a) for a in args])
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else 1
+        out, err = capsys.readouterr()
+        return SimpleNamespace(returncode=rc, stdout=out, stderr=err)
+
+    return run
+
+
 # The real single-node SLURM cluster (session-scoped: one per test run; SLURM's ports are fixed).
 from tests.slurm_cluster import slurm_cluster  # noqa: E402,F401

@@ -1,15 +1,10 @@
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from analysis.runlog import PAPER_N
 from ladder.presets import PAPER_PRESETS, PRESETS, TINY_PRESETS, count_params, flops_per_token, get_preset
 
-ROOT = Path(__file__).resolve().parents[1]
 PAPER_SIZES = ["190M", "370M", "760M", "1B", "3B", "7B", "13B"]
 
 
@@ -61,10 +56,10 @@ def test_unknown_preset():
         get_preset("5B")
 
 
-def test_sizes_cli_prints_paper_n():
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-m", "ladder", "sizes"], capture_output=True, text=True,
-                         env=env, cwd=ROOT, check=True).stdout
+def test_sizes_cli_prints_paper_n(ladder_here):
+    r = ladder_here("sizes")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
     for name in PAPER_SIZES:
         line = next(l for l in out.splitlines() if l.startswith(name + " "))
         assert f"{PAPER_N[name]:,}" in line

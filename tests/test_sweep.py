@@ -84,16 +84,15 @@ def test_sweep_dir_of_another_recipe_is_refused(tmp_path):
     assert r.returncode == 2 and "Refusing to mix runs" in r.stderr
 
 
-def test_plan_cli_prints_grid_and_ratio():
-    r = ladder_cli("plan", ROOT / "recipes" / "olmo-ladder.yaml", timeout=120)
+def test_plan_cli_prints_grid_and_ratio(ladder_here):
+    r = ladder_cli("plan", ROOT / "recipes" / "olmo-ladder.yaml", timeout=120)  # the real entry
     assert r.returncode == 0, r.stderr
     assert "760M-10xC" in r.stdout and "ladder/target compute" in r.stdout
-    r = ladder_cli("plan", ROOT / "recipes" / "olmo-ladder.yaml", "--json", timeout=120)
+    r = ladder_here("plan", ROOT / "recipes" / "olmo-ladder.yaml", "--json")
     plan = json.loads(r.stdout)
     assert len([x for x in plan["runs"] if x["role"] == "rung"]) == 16
     assert all(0 < t["ladder_fraction"] < 0.05 for t in plan["targets"])
-    r = ladder_cli("plan", ROOT / "recipes" / "olmo-ladder.yaml", "model.sizes=[190M, 5B]",
-                   timeout=120)
+    r = ladder_here("plan", ROOT / "recipes" / "olmo-ladder.yaml", "model.sizes=[190M, 5B]")
     assert r.returncode == 2 and "model.sizes[1]" in r.stderr
 
 

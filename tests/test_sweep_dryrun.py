@@ -73,8 +73,8 @@ def test_each_check_names_what_is_wrong(tmp_path):
     assert "[FAIL] memory of 760M" in r.stdout and "parallel.sizes.760M.micro_batch_size" in r.stdout
 
 
-def test_plan_prints_memory_and_evaluation_share(tokens, tmp_path):
-    r = ladder("plan", RECIPE, tokens, OFFLINE_TOKENIZER, cwd=tmp_path)
+def test_plan_prints_memory_and_evaluation_share(tokens, tmp_path, ladder_here):
+    r = ladder_here("plan", RECIPE, tokens, OFFLINE_TOKENIZER, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "est. GiB/proc" in r.stdout and "evaluation share of training FLOPs" in r.stdout
 
