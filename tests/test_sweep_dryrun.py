@@ -53,18 +53,19 @@ def test_paper_recipe_dry_run_passes_its_checks(tokens, tmp_path):
     assert "checks passed" in out and not list(tmp_path.iterdir())  # nothing written
 
 
-def test_no_tasks_is_refused_before_anything_is_submitted(tokens, tmp_path):
-    r = ladder("sweep", RECIPE, "--backend", "slurm", tokens, "evaluation.tasks=null", cwd=tmp_path)
+def test_no_tasks_is_refused_before_anything_is_submitted(tokens, tmp_path, ladder_here):
+    r = ladder_here("sweep", RECIPE, "--backend", "slurm", tokens, "evaluation.tasks=null",
+                    cwd=tmp_path)
     assert r.returncode == 2
     assert "nothing to predict" in r.stderr and "nothing was submitted" in r.stderr
     assert not list(tmp_path.iterdir())
-    r = ladder("sweep", RECIPE, "--backend", "slurm", "--dry-run", tokens, "evaluation.tasks=null",
-               cwd=tmp_path)
+    r = ladder_here("sweep", RECIPE, "--backend", "slurm", "--dry-run", tokens,
+                    "evaluation.tasks=null", cwd=tmp_path)
     assert r.returncode == 2 and "[FAIL] tasks to predict" in r.stdout
 
 
-def test_each_check_names_what_is_wrong(tmp_path):
-    r = ladder("sweep", RECIPE, "--backend", "slurm", "--dry-run", f"data.path={tmp_path}/none/*.npy",
+def test_each_check_names_what_is_wrong(tmp_path, ladder_here):
+    r = ladder_here("sweep", RECIPE, "--backend", "slurm", "--dry-run", f"data.path={tmp_path}/none/*.npy",
                "slurm.sizes.370M.gpus_per_node=0", "parallel.sizes.760M.micro_batch_size=16",
                cwd=tmp_path)
     assert r.returncode == 2
