@@ -124,3 +124,63 @@ def test_cli_bad_input_exit_2(tmp_path, tok_json, capsys):
     code = main(["tokenize", str(tmp_path / "x.jsonl"), "--tokenizer", tok_json, "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "x.jsonl has a document without 'text'" in err and not (tmp_path / "o").exists()
+
+
+def _fake_hub_cache(home, repo: str, tokenizer_json: Path) -> None:
+    """The Hugging Face cache as a download leaves it: refs/main -> a snapshot, and .no_exist
+    markers for the files the repo does not have."""
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    root = Path(home) / "hub" / f"models--{repo.replace('/', '--')}"
+    snap = root / "snapshots" / rev
+    snap.mkdir(parents=True)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(rev)
+    (snap / "tokenizer.json").write_bytes(tokenizer_json.read_bytes())
+    (snap / "tokenizer_config.json").write_text(json.dumps(
+        {"eos_token": "<|endoftext|>", "tokenizer_class": "PreTrainedTokenizerFast"}))
+    (root / ".no_exist" / rev).mkdir(parents=True)
+    for name in ("config.json", "special_tokens_map.json", "added_tokens.json", "tokenizer.model",
+                 "chat_template.jinja", "chat_template.json"):
+        (root / ".no_exist" / rev / name).touch()
+
+
+def test_cached_hub_tokenizer_loads_without_contacting_the_hub(tmp_path):
+    """A compute node without a network: the cached copy is used as is (the hub client's
+    retries cost 46 s per rung before it fell back to the cache)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    from ladder.data.tokenizer import olmo_tokenizer_file
+
+    _fake_hub_cache(tmp_path / "hf", "acme/tok", olmo_tokenizer_file())
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    contacts = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            contacts.append(1)
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HOME=str(tmp_path / "hf"), PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+               HF_ENDPOINT=f"http://127.0.0.1:{server.getsockname()[1]}")
+    code = ("from ladder.data.tokenizer import load_tokenizer; from ladder.recipe import ModelConfig; "
+            "t = load_tokenizer(ModelConfig(tokenizer='acme/tok')); print(len(t), t.eos_token_id)")
+    try:
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                           timeout=300)
+    finally:
+        server.close()
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[0] == "50280", r.stdout  # the cached (GPT-NeoX) tokenizer
+    assert contacts == [], f"{len(contacts)} connections to the hub"

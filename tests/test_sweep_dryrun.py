@@ -91,3 +91,20 @@ def test_plan_counts_task_tokens_without_the_network(tmp_path, monkeypatch):
     assert "/" in recipe.model.tokenizer  # a hub id
     n, note = task_tokens(recipe)
     assert n is None and "not in the local Hugging Face cache" in note, note
+
+
+def test_tokenizer_check_says_whether_the_nodes_need_the_hub(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from ladder.data.tokenizer import olmo_tokenizer_file
+    from ladder.recipe import load_recipe
+    from ladder.sweep.checks import _tokenizer_check
+    from tests.test_data_tokenize import _fake_hub_cache
+
+    _fake_hub_cache(tmp_path, "acme/tok", olmo_tokenizer_file())
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    recipe = load_recipe(RECIPE, ["model.tokenizer=acme/tok"])
+    c = _tokenizer_check(recipe)
+    assert c.ok and "in the local Hugging Face cache, used as is" in c.detail, c.detail
+    c = _tokenizer_check(load_recipe(RECIPE))  # allenai/dolma2-tokenizer, not cached here
+    assert c.ok and "nodes need the network" in c.detail and "hf download" in c.detail, c.detail

@@ -69,7 +69,17 @@ def _tokenizer_check(recipe) -> Check:
     p = Path(os.path.expanduser(spec))
     if p.exists():
         return Check("tokenizer", True, str(p))
-    return Check("tokenizer", True, f"{spec!r} is not a local path: loaded from the hub at run time")
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = isinstance(try_to_load_from_cache(spec, "tokenizer_config.json"), str)
+    except Exception:  # noqa: BLE001 - not a valid repo id: the run's own load says why
+        cached = False
+    if cached:
+        return Check("tokenizer", True, f"{spec!r}: in the local Hugging Face cache, used as is")
+    return Check("tokenizer", True, f"{spec!r} is not in the local Hugging Face cache: each run "
+                 f"downloads it, so the nodes need the network (or `hf download {spec}` first, "
+                 f"into a cache they share)")
 
 
 def _data_check(recipe) -> Check:
