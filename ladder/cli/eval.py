@@ -58,8 +58,10 @@ def load_tokenizer(path: str):
     p = Path(path)
     if p.is_file() and p.suffix == ".json":
         return PreTrainedTokenizerFast(tokenizer_file=str(p))
+    from ladder.data.tokenizer import cache_first
+
     try:
-        return AutoTokenizer.from_pretrained(path)
+        return cache_first(AutoTokenizer, path, p.exists())  # a hub id: the cached copy first
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot load a tokenizer from {path} ({e}); pass --tokenizer DIR or "
                          f"--tokenizer tokenizer.json") from None

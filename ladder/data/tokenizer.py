@@ -66,7 +66,7 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int, out: Path):
     return tok
 
 
-def _cache_first(auto, spec: str, local_only: bool):
+def cache_first(auto, spec: str, local_only: bool):
     """A hub tokenizer from the Hugging Face cache when it is there, the hub only when it is not.
     Every rung of a ladder then reads the same files, and a node without a network (a compute
     node) does not wait out the hub client's retries first: 46 s measured before a cached
@@ -100,7 +100,7 @@ def load_tokenizer(model: ModelConfig, train_docs: list | None = None,
     if p.is_file() and p.suffix == ".json":
         return _wrap_tokenizer_file(p)
     try:
-        tok = _cache_first(AutoTokenizer, spec, local_only or p.exists())  # dir or hub id
+        tok = cache_first(AutoTokenizer, spec, local_only or p.exists())  # dir or hub id
     except Exception as e:  # noqa: BLE001 - many failure types; the user needs the key
         if local_only and not p.exists():
             raise DataError(f"model.tokenizer: {spec!r} is not in the local Hugging Face cache "
