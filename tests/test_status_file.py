@@ -121,7 +121,8 @@ def test_sigterm_writes_preempted(recipe_file, cache, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "ladder", "train", str(recipe_file), "--out", str(out),
-           "--no-progress", "--cache", str(cache), "multipliers=[8]"]
+           "--no-progress", "--cache", str(cache), "multipliers=[8]",
+           "data.max_epochs=12"]  # a long run on the small corpus: time to be signalled
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
