@@ -69,8 +69,7 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int, out: Path):
 def cache_first(auto, spec: str, local_only: bool):
     """A hub tokenizer from the Hugging Face cache when it is there, the hub only when it is not.
     Every rung of a ladder then reads the same files, and a node without a network (a compute
-    node) does not wait out the hub client's retries first: 46 s measured before a cached
-    tokenizer loaded, on every rung."""
+    node) does not wait out the hub client's retries on every rung before using the cache."""
     try:
         return auto.from_pretrained(spec, local_files_only=True)
     except Exception:  # noqa: BLE001 - not cached (or not a hub id): the usual lookup says why

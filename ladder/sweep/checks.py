@@ -194,7 +194,7 @@ def eval_report(plan) -> str:
 def task_tokens(recipe) -> tuple[int | None, str]:
     """Tokens the scorer runs per in-loop task evaluation, counted on the tokenised requests.
     A hub tokenizer only from the local cache: a plan is a dry run, and without a network the
-    hub client's retries made it wait 46 s for nothing."""
+    hub client's retries kept it waiting for nothing."""
     from ladder.data.errors import DataError
     from ladder.data.tokenizer import load_tokenizer
     from ladder.sweep.estimate import measure_task_tokens

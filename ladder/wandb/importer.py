@@ -86,19 +86,13 @@ def open_api(timeout: int = 20, api_key: str | None = None):
             f"WANDB_BASE_URL for a private server)") from e
 
 
-# the W&B service's GraphQL retry settings and the values the import gives those not set by
-# the user (WANDB__GRAPHQL_RETRY_MAX=... wins): a few retries, none waiting past the timeout
-_RETRY_SETTINGS = {"x_graphql_retry_max": lambda timeout: 5,
-                   "x_graphql_retry_wait_max_seconds": lambda timeout: float(timeout),
-                   "x_graphql_timeout_seconds": lambda timeout: float(timeout)}
-
-
 def _bound_retries(wandb, timeout: int) -> None:
     """wandb-core retries a failed request for minutes by default, and at exit the process
     waits for it: an unreachable server left the command hanging after its one-line error.
-    Bounded retries end it within about 6 timeouts."""
-    values = {k: f(timeout) for k, f in _RETRY_SETTINGS.items()
-              if not os.environ.get("WANDB__" + k[2:].upper())}
+    A few retries, none waiting past the timeout; a user's WANDB__GRAPHQL_* settings win."""
+    values = {"x_graphql_retry_max": 5, "x_graphql_retry_wait_max_seconds": float(timeout),
+              "x_graphql_timeout_seconds": float(timeout)}
+    values = {k: v for k, v in values.items() if not os.environ.get("WANDB__" + k[2:].upper())}
     if values:
         wandb.setup(wandb.Settings(**values))
 
