@@ -81,21 +81,20 @@ def _log_to_wandb(sweep: Sweep, preds, files: dict[str, Path], echo) -> None:
     except ImportError:
         return
     pngs = [p for k, p in files.items() if str(p).endswith(".png")]
-    mode = t.mode
-    while True:
+    group = t.group or sweep.recipe.name
+    # online failing: offline, as the rungs do, to `wandb sync` later
+    for mode in (t.mode, "offline") if t.mode == "online" else (t.mode,):
         try:
             log_predictions([p.to_json() for p in preds], pngs, project=t.project,
-                            entity=t.entity, group=t.group or sweep.recipe.name, mode=mode,
-                            run_dir=str(sweep.dir))
-            break
+                            entity=t.entity, group=group, mode=mode, run_dir=str(sweep.dir))
         except Exception as e:  # the predictions are on disk already; tracking must not lose them
             why = " ".join(f"{type(e).__name__}: {e}".split())
-            if mode == "online":  # as the rungs do: offline, to `wandb sync` later
+            if mode == "online":
                 echo(f"warning: W&B online failed ({why}); logging the predictions offline")
-                mode = "offline"
                 continue
             echo(f"warning: could not log predictions to W&B ({why}); they are in "
                  f"{sweep.predictions_dir}")
             return
-    echo(f"logged predictions to W&B ({mode}) in group {t.group or sweep.recipe.name}"
-         + (f": `wandb sync {sweep.dir}/wandb/offline-run-*` uploads it" if mode != t.mode else ""))
+        sync = f": `wandb sync {sweep.dir}/wandb/offline-run-*` uploads it" if mode != t.mode else ""
+        echo(f"logged predictions to W&B ({mode}) in group {group}{sync}")
+        return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any
 
@@ -41,8 +42,6 @@ def start_trackers(accelerator, project: str, config: dict, init_kwargs: dict, r
     the run (its record is the run directory): when online W&B cannot start (no network, the
     server down), the run logs offline under the same run id, to `wandb sync` later, instead of
     crashing after the rung's setup. An explicit offline mode that fails is still an error."""
-    import sys
-
     try:
         accelerator.init_trackers(project, config=config, init_kwargs=init_kwargs)
         return os.environ.get("WANDB_MODE", "online")
