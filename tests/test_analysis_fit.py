@@ -89,6 +89,22 @@ def test_nonconverged_is_flagged_or_raised():
         strict.fit(n, d, y=loss, strict=True)
 
 
+def test_lbfgsb_second_opinion_when_no_start_converges(monkeypatch):
+    """Starts the vectorised Levenberg-Marquardt refit leaves unconverged are refined again by
+    scipy's L-BFGS-B before the fit is flagged: same optimum, and the result says which method."""
+    import analysis.fit as fit
+
+    n, d, loss = chinchilla_table(40, noise=0.01, seed=4)
+    usual = ChinchillaLaw().fit(n, d, y=loss)
+    assert usual.converged_ and usual.result_.message == "Levenberg-Marquardt"
+    monkeypatch.setattr(fit, "_newton_stacked", lambda obj, theta0, *a, **k: (
+        np.array(theta0, float), np.zeros(len(theta0), bool), 0))  # no progress from the starts
+    law = ChinchillaLaw().fit(n, d, y=loss)
+    assert law.converged_ and law.result_.message.startswith("scipy L-BFGS-B")
+    for k, v in usual.params_.items():
+        assert law.params_[k] == pytest.approx(v, rel=1e-3, abs=1e-4), k
+
+
 def test_too_few_points_rejected():
     with pytest.raises(ValueError, match="cannot determine 5 parameters"):
         fit_loss_law([1e8, 2e8, 3e8], [1e9, 2e9, 3e9], [3.0, 2.9, 2.8])
