@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import asdict, dataclass, field
+from statistics import NormalDist
 
 import numpy as np
 
@@ -53,8 +54,9 @@ def extrapolation(fit_n, fit_d, n: float, d: float) -> tuple[float, float]:
 
 
 def _z(level: float) -> float:
-    from scipy.special import ndtri  # norm.ppf, without importing scipy.stats (~0.5 s)
-    return float(ndtri(0.5 + level / 2))
+    """The two-sided normal quantile (1.645 for 0.9); the standard library's, as exact as
+    scipy's and without importing scipy to predict."""
+    return NormalDist().inv_cdf(0.5 + level / 2)
 
 
 FORMAT = "ladder-calibration/1"

@@ -143,7 +143,7 @@ def predict_targets(runs: list[RunLog], targets: list[Target], tasks="paper",
         if intervals:
             last = config.last
             # the noise term assumes each actual averages `last` evaluations (fewer if short)
-            n_eval = min([last] + [len(a.evals) for t in targets
+            n_eval = min([last] + [a.n_evals for t in targets
                                    if (a := actuals.get(t.name)) is not None])
             bss = bootstrap_samples_many(models, [t.n for t in targets], [t.d for t in targets],
                                          n_boot=n_boot, seed=seed, n_actual_evals=n_eval)

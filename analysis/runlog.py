@@ -12,6 +12,7 @@ columns (``eval/downstream_bpb/<task>_<split>_rc_5shot_bpb`` ...), so both are o
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -20,7 +21,6 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-import pandas as pd
 
 from analysis.files import atomic_write_text, finite_or_none, json_safe
 
@@ -102,13 +102,12 @@ class RunMeta:
 
 @dataclass
 class RunLog:
-    """One run: metadata plus its evaluation table (sorted by tokens)."""
+    """One run: metadata plus its evaluation table, one array per column (float where every
+    value is a number, else the values as read), rows sorted by tokens (or steps)."""
 
     meta: RunMeta
-    evals: pd.DataFrame
+    columns: dict[str, np.ndarray]
     source: str = ""
-    # (evals frame, its converted columns): every task reads the same columns of every run
-    _columns: tuple = field(default=(None, None), init=False, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -126,33 +125,105 @@ class RunLog:
         """Tokens the run reached (its last evaluation)."""
         return float(self.column(TOKENS)[-1])
 
+    @property
+    def n_evals(self) -> int:
+        return len(next(iter(self.columns.values()))) if self.columns else 0
+
+    @property
+    def evals(self):
+        """The table as a pandas DataFrame, for inspection (the analysis reads :meth:`column`
+        and does not import pandas)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.columns)
+
     def has(self, column: str) -> bool:
-        return column in self.evals.columns
+        return column in self.columns
 
     def column(self, column: str) -> np.ndarray:
         """A metric column as floats; errors name the file and the column."""
-        if column not in self.evals.columns:
+        if column not in self.columns:
             if column == TOKENS:
                 raise RunLogError(NO_TOKENS.format(source=self.source))
             raise RunLogError(f"{self.source}: missing column '{column}'")
-        frame, done = self._columns
-        if frame is not self.evals:
-            done = {}
-            self._columns = (self.evals, done)
-        elif column in done:
-            return done[column].copy()
-        values = pd.to_numeric(self.evals[column], errors="coerce").to_numpy(dtype=float)
+        values = _floats(self.columns[column])
         bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
-            steps = self.evals[STEP].to_numpy()[bad[:5]] if STEP in self.evals else bad[:5]
+            steps = self.columns[STEP][bad[:5]] if STEP in self.columns else bad[:5]
             raise RunLogError(f"{self.source}: column '{column}' has {bad.size} NaN/non-numeric "
-                              f"value(s) (at step {', '.join(str(s) for s in steps)})")
-        done[column] = values.copy()
+                              f"value(s) (at step {', '.join(_show(s) for s in steps)})")
         return values
 
     def final(self, column: str, last: int = 5) -> float:
         """Mean of the last ``last`` evaluations, as the paper reads a run's end value."""
         return float(np.mean(self.column(column)[-last:]))
+
+
+# ---------------------------------------------------------------------------- values
+
+# the cells pandas reads as missing (its default na_values): W&B exports write some of them
+MISSING = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan",
+                     "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a",
+                     "nan", "null"})
+
+
+def _number(v) -> float | None:
+    """A cell or JSON value as a float; NaN if missing; None if it is not a number."""
+    if v is None:
+        return float("nan")
+    if isinstance(v, (bool, np.bool_)):
+        return float(v)
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        return float(v)
+    if isinstance(v, str):
+        if v.strip() in MISSING:
+            return float("nan")
+        if "_" in v:  # Python reads '1_000' as 1000; no export writes that, so it is not a number
+            return None
+        try:
+            return float(v)
+        except ValueError:
+            return None
+    return None
+
+
+def _column(values: list) -> np.ndarray:
+    """Floats where every value is a number or missing, else the values as read."""
+    if values and all(type(v) is str for v in values) and not any("_" in v for v in values):
+        try:
+            return np.array(values, dtype=float)
+        except ValueError:  # missing cells, or text: value by value
+            pass
+    nums = [_number(v) for v in values]
+    if any(x is None for x in nums):
+        out = np.empty(len(values), dtype=object)
+        out[:] = values
+        return out
+    return np.array(nums, dtype=float)
+
+
+def _floats(values: np.ndarray) -> np.ndarray:
+    """A column as floats (text and missing values: NaN), always a copy."""
+    if values.dtype == object:
+        return np.array([x if (x := _number(v)) is not None else np.nan for v in values], float)
+    return np.array(values, dtype=float)
+
+
+def _present(values: np.ndarray) -> np.ndarray:
+    """Which cells hold a value (not missing)."""
+    if values.dtype == object:
+        return np.array([not (v is None or (isinstance(v, str) and v.strip() in MISSING)
+                              or (isinstance(v, float) and np.isnan(v))) for v in values], bool)
+    return ~np.isnan(values)
+
+
+def _show(step) -> str:
+    f = _number(step)
+    return str(int(f)) if f is not None and np.isfinite(f) and f == int(f) else str(step)
+
+
+def _take(columns: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    return {k: v[rows] for k, v in columns.items()}
 
 
 # ---------------------------------------------------------------------------- reading
@@ -207,6 +278,31 @@ def parse_run_name(name: str) -> dict[str, Any]:
     return out
 
 
+def read_csv_columns(path: Path) -> dict[str, np.ndarray]:
+    """A CSV with a header row as columns (see :func:`_column`). Blank lines are skipped; a
+    short row is padded with missing cells; a row longer than the header is an error."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.reader(f) if r]
+    except (UnicodeDecodeError, csv.Error, OSError) as e:
+        raise RunLogError(f"{path}: cannot read as CSV ({' '.join(str(e).split())})") from None
+    if not rows:
+        raise RunLogError(f"{path}: cannot read as CSV (no header row)")
+    header, body = rows[0], rows[1:]
+    dup = sorted({h for h in header if header.count(h) > 1})
+    if dup:
+        raise RunLogError(f"{path}: cannot read as CSV (column '{dup[0]}' appears twice)")
+    width = len(header)
+    for i, r in enumerate(body):
+        if len(r) > width:
+            raise RunLogError(f"{path}: cannot read as CSV (line {i + 2} has {len(r)} fields, "
+                              f"the header {width})")
+        if len(r) < width:
+            body[i] = r + [""] * (width - len(r))
+    cells = list(zip(*body)) if body else [()] * width
+    return {h: _column(list(c)) for h, c in zip(header, cells)}
+
+
 def read_olmo_csv(path: str | os.PathLike, meta: RunMeta | None = None,
                   tokens_per_step: float | None = None) -> RunLog:
     """Import one run of a W&B history export (the OLMo ladder's: one row per evaluation).
@@ -217,43 +313,37 @@ def read_olmo_csv(path: str | os.PathLike, meta: RunMeta | None = None,
     supply them, wherever tokens are needed. Rows without any 'eval/' value (training-step rows
     of a plain W&B export) are not evaluations and are dropped; rows are ordered by step."""
     p = Path(path)
-    try:
-        df = pd.read_csv(p)
-    except Exception as e:  # pandas raises many types; the user needs the file name
-        raise RunLogError(f"{p}: cannot read as CSV ({' '.join(str(e).split())})") from None
-    evals = [c for c in df.columns if c.startswith("eval/")]
-    if evals and len(df):
-        df = df[df[evals].notna().any(axis=1)]
-    # a copy consolidates a wide export's column blocks: adding step/token columns to the
-    # fragmented frame read_csv gives makes pandas warn on every file
-    df = df.rename(columns=_OLMO_COLUMNS).copy()
-    has_tokens = TOKENS in df.columns
-    if not has_tokens and STEP not in df.columns:
+    cols = read_csv_columns(p)
+    evals = [c for c in cols if c.startswith("eval/")]
+    if evals:
+        cols = _take(cols, np.flatnonzero(np.any([_present(cols[c]) for c in evals], axis=0)))
+    cols = {_OLMO_COLUMNS.get(k, k): v for k, v in cols.items()}
+    has_tokens = TOKENS in cols
+    if not has_tokens and STEP not in cols:
         raise RunLogError(f"{p}: missing columns '_step' and 'throughput/total_tokens' (need "
                           f"one of them to order the evaluations)")
-    if STEP in df.columns:
-        df = df.sort_values(STEP, kind="stable")
-    if "batch_size_in_tokens" in df.columns:
-        b = pd.to_numeric(df["batch_size_in_tokens"], errors="coerce").to_numpy(dtype=float)
-        if not np.all(np.isfinite(b) & (b > 0)):
+    if STEP in cols:
+        cols = _take(cols, np.argsort(_floats(cols[STEP]), kind="stable"))  # NaN last
+    batch = cols.get("batch_size_in_tokens")
+    if batch is not None:
+        batch = _floats(batch)
+        if not np.all(np.isfinite(batch) & (batch > 0)):
             raise RunLogError(f"{p}: column 'batch_size_in_tokens' must hold positive finite numbers")
-    batch = df.get("batch_size_in_tokens")
     if not has_tokens and batch is not None:
-        steps = pd.to_numeric(df[STEP], errors="coerce").to_numpy(float)
-        df[TOKENS] = np.cumsum(np.diff(steps, prepend=0.0) * pd.to_numeric(batch).to_numpy(float))
+        cols[TOKENS] = np.cumsum(np.diff(_floats(cols[STEP]), prepend=0.0) * batch)
     elif not has_tokens and tokens_per_step is not None:
-        df[TOKENS] = pd.to_numeric(df[STEP], errors="coerce") * float(tokens_per_step)
-    if STEP not in df.columns:  # the target export has no _step column
-        tokens = pd.to_numeric(df[TOKENS], errors="coerce")
-        if batch is not None and np.all(np.isfinite(tokens.to_numpy(dtype=float))):
-            df[STEP] = (tokens / batch).round().astype("int64")
+        cols[TOKENS] = _floats(cols[STEP]) * float(tokens_per_step)
+    if STEP not in cols:  # the target export has no _step column
+        tokens = _floats(cols[TOKENS])
+        if batch is not None and np.all(np.isfinite(tokens)):
+            cols[STEP] = np.round(tokens / batch).astype(np.int64)
         else:
-            df[STEP] = np.arange(len(df))  # non-finite tokens are reported by _validated
+            cols[STEP] = np.arange(len(tokens))  # non-finite tokens are reported by _validated
     if meta is None:
         meta = RunMeta(name=p.stem, **parse_run_name(p.stem))
-        if batch is not None and len(df):
-            meta.batch_tokens = int(batch.iloc[-1])
-    return _validated(RunLog(meta=meta, evals=df, source=str(p)), "throughput/total_tokens")
+        if batch is not None and len(batch):
+            meta.batch_tokens = int(batch[-1])
+    return _validated(RunLog(meta=meta, columns=cols, source=str(p)), "throughput/total_tokens")
 
 
 def read_run_dir(path: str | os.PathLike) -> RunLog:
@@ -271,10 +361,9 @@ def read_run_dir(path: str | os.PathLike) -> RunLog:
     if meta.extra.get("status") == "completed" and has_torn_tail(p / METRICS_JSONL):
         raise RunLogError(f"{p / METRICS_JSONL}: the last evaluation row is cut short although the run "
                           f"completed; rerun its `ladder train` command to evaluate that step again")
-    df = pd.DataFrame(rows)
-    if df.empty:
-        df = pd.DataFrame(columns=[STEP, TOKENS])
-    return _validated(RunLog(meta=meta, evals=df, source=str(p)))
+    names = list(dict.fromkeys(k for row in rows for k in row)) or [STEP, TOKENS]
+    cols = {k: _column([row.get(k) for row in rows]) for k in names}
+    return _validated(RunLog(meta=meta, columns=cols, source=str(p)))
 
 
 def read_metrics_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -320,37 +409,36 @@ def has_torn_tail(path: Path) -> bool:
 def _validated(run: RunLog, tokens_name: str = TOKENS) -> RunLog:
     """``tokens_name``: the tokens column as the input file names it (for error messages). A
     W&B export may lack tokens (see :func:`read_olmo_csv`); its steps must then increase."""
-    df = run.evals
-    if STEP not in df.columns:
+    cols = run.columns
+    if STEP not in cols:
         raise RunLogError(f"{run.source}: missing column '{STEP}'")
-    if TOKENS not in df.columns and not run.source.endswith(".csv"):
+    if TOKENS not in cols and not run.source.endswith(".csv"):
         raise RunLogError(f"{run.source}: missing column '{TOKENS}'")
-    col, name = (TOKENS, tokens_name) if TOKENS in df.columns else (STEP, "_step")
-    values = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
+    col, name = (TOKENS, tokens_name) if TOKENS in cols else (STEP, "_step")
+    values = _floats(cols[col])
     if len(values) and not np.all(np.isfinite(values)):
         raise RunLogError(f"{run.source}: column '{name}' has NaN/non-numeric values")
     if len(values) > 1 and np.any(np.diff(values) <= 0):
         i = int(np.flatnonzero(np.diff(values) <= 0)[0])
         raise RunLogError(f"{run.source}: column '{name}' is not increasing "
                           f"(row {i + 2}: {values[i + 1]:.6g} after {values[i]:.6g})")
-    _check_accuracies(df, run.source)
-    run.evals = df.reset_index(drop=True)
+    _check_accuracies(cols, run.source)
     return run
 
 
 ACCURACY_PREFIX = "eval/downstream/"  # accuracy columns (fractions); bpb etc. live elsewhere
 
 
-def _check_accuracies(df: pd.DataFrame, source: str) -> None:
+def _check_accuracies(cols: dict[str, np.ndarray], source: str) -> None:
     """Accuracies are fractions in [0, 1]: a percent-scale or corrupted column would fit a
     confident, wrong law."""
-    for col in df.columns:
+    for col, values in cols.items():
         if not str(col).startswith(ACCURACY_PREFIX):
             continue
-        v = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
+        v = _floats(values)
         bad = np.flatnonzero(np.isfinite(v) & ((v < 0) | (v > 1)))
         if bad.size:
-            step = df[STEP].iloc[bad[0]] if STEP in df.columns else bad[0]
+            step = _show(cols[STEP][bad[0]]) if STEP in cols else bad[0]
             raise RunLogError(f"{source}: column '{col}' has {v[bad[0]]:g} at step {step}; accuracies "
                               f"must be fractions in [0, 1]")
 

@@ -105,6 +105,43 @@ def test_lbfgsb_second_opinion_when_no_start_converges(monkeypatch):
         assert law.params_[k] == pytest.approx(v, rel=1e-3, abs=1e-4), k
 
 
+def _laws_at_random_parameters():
+    """Every law with a hand-written Jacobian, set up on ladder-shaped inputs, with parameter
+    rows drawn inside its bounds (so some rows have another term above the irreducible one)."""
+    from analysis.laws import TiedChinchillaLaw
+    from analysis.twostep.direct import DirectLaw, FreeDirectLaw
+
+    rng = np.random.default_rng(0)
+    n, d, loss = chinchilla_table(24, noise=0.01, seed=5)
+    acc = np.clip(1.2 - 0.3 * loss, 0.05, 0.95)
+    cases = [(ChinchillaLaw(), (n, d), loss), (TiedChinchillaLaw(), (n, d), loss),
+             (ComputeLaw(), (6 * n * d,), loss), (SigmoidLink(), (loss,), acc),
+             (LogSigmoidLink(), (loss,), acc), (DirectLaw(), (n, d), acc),
+             (FreeDirectLaw(), (n, d), acc)]
+    for law, X, y in cases:
+        law._set_scale(*X)
+        F, z = law._features(*X), law._target(np.asarray(y, float))
+        b = law._bounds(F, z)
+        lo, hi = np.maximum(b[:, 0], -8), np.minimum(b[:, 1], 8)
+        yield law, F, lo + (hi - lo) * rng.uniform(0.05, 0.95, size=(6, len(lo)))
+
+
+def test_jacobians_match_finite_differences():
+    """The analytic Jacobian of every law's model equals central differences, parameter by
+    parameter (a wrong column fits silently wherever that parameter does not matter)."""
+    for law, F, theta in _laws_at_random_parameters():
+        pred, J = law._model(theta, F)
+        assert J.shape == pred.shape + (theta.shape[1],), type(law).__name__
+        for k in range(theta.shape[1]):
+            h = 1e-6 * np.maximum(1.0, np.abs(theta[:, k:k + 1]))
+            up, down = theta.copy(), theta.copy()
+            up[:, k:k + 1] += h
+            down[:, k:k + 1] -= h
+            fd = (law._model(up, F)[0] - law._model(down, F)[0]) / (2 * h)
+            np.testing.assert_allclose(J[..., k], fd, rtol=1e-5, atol=1e-7,
+                                       err_msg=f"{type(law).__name__} parameter {k}")
+
+
 def test_too_few_points_rejected():
     with pytest.raises(ValueError, match="cannot determine 5 parameters"):
         fit_loss_law([1e8, 2e8, 3e8], [1e9, 2e9, 3e9], [3.0, 2.9, 2.8])

@@ -10,6 +10,19 @@ import numpy as np
 from analysis.fit import FitError, FitResult, huber, minimize_multistart, minimize_newton_stacked
 
 
+def _gram(Jp: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """J' diag(c) J per row, from Jacobian planes Jp (p, S, n) and weights c (S, n): one
+    row-wise dot product per pair of parameters, which beats a batched matmul of (p, n) blocks."""
+    p = Jp.shape[0]
+    H = np.empty((Jp.shape[1], p, p))
+    for i in range(p):
+        ci = Jp[i] * c
+        for j in range(i, p):
+            H[:, i, j] = np.einsum("sn,sn->s", ci, Jp[j])
+            H[:, j, i] = H[:, i, j]
+    return H
+
+
 class Law:
     """Base estimator. Subclasses define the model in optimiser space (``_model``), the
     transform of the observed target (``_target``), the grid of starts and the bounds."""
@@ -70,7 +83,8 @@ class Law:
                 val, der = huber(r, self.delta)
             tot = np.broadcast_to(w_sum, r.shape[:1])
             loss = (w * val).sum(axis=-1) / tot
-            grad = np.matmul((w * der)[:, None, :], J)[:, 0, :] / tot[:, None]
+            Jp = np.moveaxis(J, -1, 0)  # (p, S, n): contiguous where the law builds planes
+            grad = np.matmul(Jp.transpose(1, 0, 2), (w * der)[:, :, None])[..., 0] / tot[:, None]
             bad = ~np.isfinite(loss)
             if bad.any():
                 loss = np.where(bad, np.inf, loss)
@@ -82,8 +96,7 @@ class Law:
                     curv = 1.0 / (self.delta * np.maximum(np.abs(r), self.delta))
                 else:  # exact second derivative
                     curv = (np.abs(r) <= self.delta) / self.delta ** 2
-                H = np.matmul(np.swapaxes(J * (w * curv)[..., None], 1, 2), J) / tot[:, None, None]
-                return loss, grad, H
+                return loss, grad, _gram(Jp, w * curv) / tot[:, None, None]
             return loss, grad
 
         if with_rows is not None:

@@ -14,16 +14,23 @@ def sigmoid_model(theta: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndar
     rows ``theta`` (rows, 4) and inputs ``x`` (1 or rows, points). The last Jacobian column is
     minus d pred / d x, which the single-step law chains through its loss law."""
     lo, hi, s, x0 = (theta[:, i:i + 1] for i in range(4))
-    t = np.clip(s * (x - x0), -500, 500)
-    sig = 1.0 / (1.0 + np.exp(t))  # high accuracy at low loss
-    pred = lo + (hi - lo) * sig
-    dsig = -sig * (1 - sig)  # d sig / d t
-    J = np.empty(pred.shape + (4,))  # filled, not stacked: stacking copies twice
-    J[..., 0] = 1 - sig
-    J[..., 1] = sig
-    J[..., 2] = (hi - lo) * dsig * (x - x0)
-    J[..., 3] = -(hi - lo) * dsig * s
-    return pred, J
+    dx = x - x0
+    J = np.empty((4,) + np.broadcast_shapes(dx.shape, s.shape))  # planes: see the objective
+    sig = J[1]
+    np.multiply(s, dx, out=sig)
+    np.clip(sig, -500, 500, out=sig)
+    np.exp(sig, out=sig)
+    sig += 1.0
+    np.reciprocal(sig, out=sig)  # high accuracy at low loss
+    np.subtract(1.0, sig, out=J[0])
+    span = hi - lo
+    pred = lo + span * sig
+    dsig = sig * J[0]  # minus d sig / d t
+    dsig *= span
+    np.multiply(dsig, dx, out=J[2])
+    np.negative(J[2], out=J[2])
+    np.multiply(dsig, s, out=J[3])
+    return pred, np.moveaxis(J, 0, -1)
 
 
 class SigmoidLink(Law):

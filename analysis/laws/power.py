@@ -15,35 +15,46 @@ from analysis.laws.base import Law
 E_FRACTIONS = (0.05, 0.25, 0.5, 0.75, 0.9)
 
 
-def _lse_terms(*terms: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """log-sum-exp of a few same-shape arrays and its softmax weights, term by term (max,
-    exp(t - max), sum left to right, log): numpy's reductions over a stacked length-2 or -3
-    axis cost more than the arithmetic, and these run thousands of times per prediction."""
-    m = terms[0]
-    for t in terms[1:]:
-        m = np.maximum(m, t)
-    e = [np.exp(t - m) for t in terms]
-    s = e[0]
-    for x in e[1:]:
-        s = s + x
-    return m + np.log(s), [x / s for x in e]
+def _lse_planes(e: np.ndarray, *terms: np.ndarray, extra: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """log(exp(e) + sum exp(terms)) for a per-row ``e`` (S, 1) and terms (S, n), and the
+    Jacobian planes (1 + len(terms) + ``extra``, S, n): the softmax weight of ``e``, then of
+    each term, then ``extra`` planes left for the caller to fill.
+
+    Shifted by each row's largest value (overflow-free), and ``e`` is exponentiated once per
+    row, not per point: these run thousands of times per prediction and the exponentials are
+    most of their cost."""
+    m = e
+    for t in terms:
+        m = np.maximum(m, t.max(axis=1, keepdims=True))
+    planes = np.empty((1 + len(terms) + extra,) + terms[0].shape)
+    ee = np.exp(e - m)  # (S, 1)
+    s = ee
+    for k, t in enumerate(terms, start=1):
+        np.exp(t - m, out=planes[k])
+        s = s + planes[k]
+    r = 1.0 / s
+    pred = np.log(s)
+    pred += m
+    np.multiply(ee, r, out=planes[0])
+    planes[1:1 + len(terms)] *= r
+    return pred, planes
 
 
 def _two_term_model(e, a, b, al, be, F, tied: bool):
     """log L = LSE(a - al lN, b - be lD, e) and its Jacobian in (e, a, b, al, be), or in
-    (e, a, b, al) with ``tied`` (al = be)."""
+    (e, a, b, al) with ``tied`` (al = be). The Jacobian is an (S, n, p) view of contiguous
+    (p, S, n) planes, which is how the objective reads it."""
     lN, lD = F[0][None, :], F[1][None, :]
-    pred, (s0, s1, s2) = _lse_terms(a - al * lN, b - be * lD, e + 0 * lN)
-    J = np.empty(pred.shape + (4 if tied else 5,))
-    J[..., 0] = s2
-    J[..., 1] = s0
-    J[..., 2] = s1
+    pred, J = _lse_planes(e, a - al * lN, b - be * lD, extra=1 if tied else 2)
+    s0, s1 = J[1], J[2]
+    np.multiply(s0, lN, out=J[3])
     if tied:
-        J[..., 3] = -s0 * lN + -s1 * lD
+        J[3] += s1 * lD
     else:
-        J[..., 3] = -s0 * lN
-        J[..., 4] = -s1 * lD
-    return pred, J
+        np.multiply(s1, lD, out=J[4])
+        np.negative(J[4], out=J[4])
+    np.negative(J[3], out=J[3])
+    return pred, np.moveaxis(J, 0, -1)
 
 
 def power_law_starts(z: np.ndarray, centers, coefs: np.ndarray,
@@ -185,12 +196,10 @@ class ComputeLaw(Law):
     def _model(self, theta, F):
         e, a, al = (theta[:, i:i + 1] for i in range(3))
         lC = F[0][None, :]
-        pred, (s0, s1) = _lse_terms(a - al * lC, e + 0 * lC)
-        J = np.empty(pred.shape + (3,))
-        J[..., 0] = s1
-        J[..., 1] = s0
-        J[..., 2] = -s0 * lC
-        return pred, J
+        pred, J = _lse_planes(e, a - al * lC, extra=1)  # (e, a, alpha) planes
+        np.multiply(J[1], lC, out=J[2])
+        np.negative(J[2], out=J[2])
+        return pred, np.moveaxis(J, 0, -1)
 
     _target = ChinchillaLaw._target
     _untarget = ChinchillaLaw._untarget

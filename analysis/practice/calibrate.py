@@ -60,7 +60,7 @@ def fingerprint(runs: list[RunLog], tasks, config: TwoStepConfig, n_boot: int) -
     """What a calibration depends on: each run's name, N, final D and evaluation count, the
     tasks, the method and the bootstrap size."""
     names = sorted(tasks) if isinstance(tasks, dict) else tasks
-    key = {"runs": sorted((r.name, float(r.n), float(r.d), len(r.evals)) for r in runs),
+    key = {"runs": sorted((r.name, float(r.n), float(r.d), r.n_evals) for r in runs),
            "tasks": names if isinstance(names, (str, list)) else sorted(t.name for t in names),
            "config": config.to_json(), "n_boot": n_boot}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

@@ -52,8 +52,8 @@ def task_accuracy(run: RunLog, task: TaskSpec) -> np.ndarray:
 
 
 def run_series(run: RunLog, task: TaskSpec, feature: str, min_evals: int = 5) -> RunSeries:
-    if len(run.evals) < min_evals:
-        raise RunLogError(f"{run.source}: only {len(run.evals)} evaluation row(s) in column "
+    if run.n_evals < min_evals:
+        raise RunLogError(f"{run.source}: only {run.n_evals} evaluation row(s) in column "
                           f"'{TOKENS}'; a ladder run needs at least {min_evals}")
     return RunSeries(run.name, float(run.n), run.column(TOKENS), task_feature(run, task, feature),
                      task_accuracy(run, task), run.source)

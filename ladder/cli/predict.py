@@ -109,16 +109,11 @@ def fail(msg: str) -> int:
 
 def load_inputs(args):
     """Runs and tasks, or a clean error (file and column named) instead of a traceback."""
-    import warnings
-
     from analysis.runlog import read_run, read_runs
     from analysis.metrics import resolve_tasks
     tasks = resolve_tasks(args.tasks)
-    with warnings.catch_warnings():  # pandas' fragmentation notice on wide W&B exports
-        warnings.simplefilter("ignore", category=Warning)
-        tps = getattr(args, "tokens_per_step", None)
-        runs = read_runs(args.run_files, tps)
-        actual = read_run(args.actual) if getattr(args, "actual", None) else None
+    runs = read_runs(args.run_files, getattr(args, "tokens_per_step", None))
+    actual = read_run(args.actual) if getattr(args, "actual", None) else None
     return runs, tasks, actual
 
 
