@@ -21,7 +21,6 @@ Standalone: ``python tests/slurm_multinode.py`` prints SLURM_CONF=...; Ctrl-C te
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys

@@ -182,6 +182,27 @@ def test_predict_imports_no_torch():
     assert res.returncode == 0, res.stderr
 
 
+def test_predict_without_plots_imports_neither_scipy_nor_pandas(synth, tmp_path):
+    """Importing scipy and pandas alone took longer than a whole `--no-plots` prediction does
+    now (docs/analysis.md, Timing): the prediction path needs numpy only, scipy's L-BFGS-B being
+    a fallback for fits that do not converge."""
+    code = ("import runpy, sys\n"
+            "sys.argv = ['ladder', *sys.argv[1:]]\n"
+            "try:\n    runpy.run_module('ladder', run_name='__main__')\n"
+            "except SystemExit as e:\n    code = e.code\n"
+            "heavy = [m for m in ('scipy', 'pandas', 'matplotlib') if m in sys.modules]\n"
+            "print('HEAVY=' + ','.join(heavy))\n"
+            "sys.exit(code)\n")
+    res = subprocess.run([sys.executable, "-c", code, "predict", *map(str, synth), "--target-name", "1B",
+                          "--target-n", "1.28e9", "--target-d", "2.6e10", "--tasks", "hellaswag",
+                          "--calibration", "none", "--no-plots", "--out", str(tmp_path / "out")],
+                         capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "HEAVY=\n" in res.stdout, res.stdout[-300:]
+    assert (tmp_path / "out" / "predictions.json").exists()
+
+
 @pytest.mark.slow
 def test_predict_7b_calibrated(olmo_ladder_dir, tmp_path):
     """Report-only check of the calibrated intervals on 7B-4T (the default `--calibration auto`

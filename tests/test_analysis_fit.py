@@ -1,8 +1,6 @@
 """The fitter: recovers published Chinchilla parameters, is stable on 8-16 points,
 deterministic, and never hides a failed fit."""
 
-import warnings
-
 import numpy as np
 import pytest
 

@@ -2,7 +2,6 @@
 the memory-free batch order, the tokenizer/data/embedding checks and repetition, each bad input a
 one-line error naming the file with exit code 2."""
 
-import json
 import os
 import subprocess
 import sys

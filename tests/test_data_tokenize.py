@@ -110,7 +110,7 @@ def test_an_interrupted_run_resumes_from_its_finished_parts(tmp_path, tok_json, 
     monkeypatch.setattr(tk, "_tokenize_unit", lambda job: calls.append(job[0]) or real(job))
     m = tokenize_corpus([str(d / "a.jsonl")], tok, tmp_path / "out", unit_bytes=1500)
     assert calls == list(range(2, len(m["files"])))  # the two finished parts were kept
-    ref = tokenize_corpus([str(d / "a.jsonl")], tok, tmp_path / "ref", unit_bytes=1500)
+    tokenize_corpus([str(d / "a.jsonl")], tok, tmp_path / "ref", unit_bytes=1500)
     assert np.array_equal(_all_tokens(tmp_path / "out"), _all_tokens(tmp_path / "ref"))
 
 

@@ -7,11 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from analysis.practice.backtest import backtest
-from analysis.practice.planner import candidate_grids, plan_ladder, run_compute
+from analysis.practice.planner import candidate_grids, plan_ladder
 from analysis.runlog import read_runs
 from analysis.metrics import PAPER_TASKS
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from analysis.practice.backtest import backtest
-from analysis.laws import TiedChinchillaLaw
 from analysis.practice.estimation import (FixedExponentLaw, LossLawEstimator, PartialRun, are,
                                borrowed_exponents, compare_configs, partial_baselines,
                                partial_series, practice_backtest, step1_points_configs)

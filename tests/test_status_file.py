@@ -3,7 +3,6 @@ completed / preempted / diverged / bad_input / crashed, the local backend and th
 script (its bash, run here) decide the same next action from it."""
 
 import argparse
-import json
 import os
 import signal
 import subprocess

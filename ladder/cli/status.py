@@ -34,7 +34,6 @@ def run(args) -> int:
         if (Path(args.sweep_dir) / SLURM_SUBDIR / JOBS_JSON).exists():
             st = status(args.sweep_dir)
             print(json.dumps(st.to_json(), indent=2) if args.json else st.table())
-            done = st.all_done
         else:
             rows = local_status(sweep)
             if args.json:
@@ -45,7 +44,6 @@ def run(args) -> int:
                     loss = f"{r['loss']:.4f}" if r["loss"] is not None else "-"
                     print(f"{r['name']:<24} {r['role']:<7} {r['state']:<8} tokens {tok:<20} "
                           f"loss {loss}  evals {r['evals']}")
-            done = all(r["state"] == "done" for r in rows)
         pred = sweep.predictions_dir / "predictions.json"
         print(f"predictions: {pred if pred.exists() else 'not yet'}")
         return _predict_partial(sweep, args.n_boot) if args.predict else 0

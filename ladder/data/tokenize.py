@@ -135,7 +135,7 @@ def _tokenize_unit(job: tuple[int, tuple[str, int, int], str]) -> dict:
     tok, eos, dtype = _WORKER["tok"], _WORKER["eos"], _WORKER["dtype"]
     final = Path(out_dir) / f"part-{i:05d}.npy"
     tmp = final.with_suffix(".npy.tmp")
-    n_tokens = n_docs = max_id = 0
+    n_tokens = n_docs = 0
     batch: list[str] = []
 
     def flush(fh) -> None:

@@ -97,7 +97,7 @@ def main() -> int:
           f"{rung.batch_tokens:,} tokens, bf16 + compile")
     strategies = ["ddp"] + (["fsdp"] if gpus > 1 else [])
     for strategy in strategies:
-        over = [*common, f"parallel.strategy={strategy}", f"parallel.sizes={{}}"]
+        over = [*common, f"parallel.strategy={strategy}", "parallel.sizes={}"]
         ref, cut = tmp / f"{strategy}-ref", tmp / f"{strategy}-resumed"
         t0 = time.time()
         r = launch(recipe, ref, gpus, *over)
