@@ -282,7 +282,7 @@ def read_csv_columns(path: Path) -> dict[str, np.ndarray]:
     """A CSV with a header row as columns (see :func:`_column`). Blank lines are skipped; a
     short row is padded with missing cells; a row longer than the header is an error."""
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM, as Excel writes
             rows = [r for r in csv.reader(f) if r]
     except (UnicodeDecodeError, csv.Error, OSError) as e:
         raise RunLogError(f"{path}: cannot read as CSV ({' '.join(str(e).split())})") from None

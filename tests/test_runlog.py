@@ -123,3 +123,43 @@ def test_wandb_step_only_export(tmp_path):
     assert run.d == 300_000
     p.write_text(f"_step,batch_size_in_tokens,{acc}\n100,10,0.6\n200,20,0.7\n")
     assert list(read_run(p).column("tokens")) == [1000, 3000]  # accumulated per step
+
+
+CSV_CASES = {
+    "bom_crlf_quoted": '\ufeff_step,"throughput/total_tokens",eval/x\r\n1,100,"0.5"\r\n2,200,0.25\r\n',
+    "missing_and_na": "_step,a,b\n1,,NA\n2,nan,null\n3,None,1e-3\n4,#N/A,-0\n",
+    "text_in_number_column": "_step,a\n1,0.5\n2,abc\n3,1_000\n4,0x10\n",
+    "short_rows_blank_lines": "_step,a,b\n1,2\n\n2,3,4\n\n",
+    "special_floats": "_step,a\n1,inf\n2,-Infinity\n3,1e400\n4,.5\n5,7.\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(CSV_CASES))
+def test_csv_columns_read_as_pandas_reads_them(case, tmp_path):
+    """The CSV reader (stdlib csv + numpy, so that predicting never imports pandas) against
+    pandas as the oracle: same columns, rows and numbers (text and missing cells as NaN)."""
+    import pandas as pd
+
+    from analysis.runlog import _floats, read_csv_columns
+
+    p = tmp_path / f"{case}.csv"
+    p.write_bytes(CSV_CASES[case].encode())
+    ours = read_csv_columns(p)
+    theirs = pd.read_csv(p)
+    assert list(ours) == list(theirs.columns)
+    for col in ours:
+        np.testing.assert_array_equal(_floats(ours[col]),
+                                      pd.to_numeric(theirs[col], errors="coerce").to_numpy(float),
+                                      err_msg=col)
+
+
+def test_csv_reader_refuses_what_it_cannot_read(tmp_path):
+    p = tmp_path / "190M-1xC.csv"
+    for text, needle in (("", "no header row"), ("_step,a\n1,2,3\n", "line 2 has 3 fields"),
+                         ("_step,a,a\n1,2,3\n", "column 'a' appears twice")):
+        p.write_text(text)
+        with pytest.raises(RunLogError, match=needle):
+            read_run(p)
+    p.write_bytes(b"_step,a\n1,\xff\n")
+    with pytest.raises(RunLogError, match="cannot read as CSV"):
+        read_run(p)
