@@ -212,10 +212,12 @@ def _minimize_multistart(obj, grid, bounds, n_refine, tol, maxiter, scale, metho
         theta, _, nit = _newton_stacked(obj, np.array(starts), bounds, 0.1 * tol,
                                         min(maxiter, LM_MAXITER))
         runs = [judged(t, nit, "Levenberg-Marquardt") for t in theta]
+        best_conv = min((r[0] for r in runs if r[1]), default=float("inf"))
         for i, s in enumerate(starts):
-            # a start LM leaves unconverged can still hold the best optimum (one LM row can
-            # stop on a worse plateau while another wanders): L-BFGS-B refines it afresh
-            if not runs[i][1]:
+            # a start LM leaves unconverged below the best converged loss may still hold the
+            # best optimum (one LM row can stop on a worse plateau while another wanders):
+            # L-BFGS-B refines it afresh. One stuck above it would only confirm the best.
+            if not runs[i][1] and runs[i][0] < best_conv:
                 alt = _lbfgsb_refined(obj, s, bounds, maxiter, judged)
                 if alt[1] or alt[0] < runs[i][0]:
                     runs[i] = alt

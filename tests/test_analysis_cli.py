@@ -182,10 +182,8 @@ def test_predict_imports_no_torch():
     assert res.returncode == 0, res.stderr
 
 
-def test_predict_without_plots_imports_neither_scipy_nor_pandas(synth, tmp_path):
-    """Importing scipy and pandas alone took longer than a whole `--no-plots` prediction does
-    now (docs/analysis.md, Timing): the prediction path needs numpy only, scipy's L-BFGS-B being
-    a fallback for fits that do not converge."""
+def _heavy_modules_after_predict(run_files, target, tmp_path):
+    """Run `ladder predict --no-plots` in a fresh interpreter; the heavy modules it imported."""
     code = ("import runpy, sys\n"
             "sys.argv = ['ladder', *sys.argv[1:]]\n"
             "try:\n    runpy.run_module('ladder', run_name='__main__')\n"
@@ -193,14 +191,27 @@ def test_predict_without_plots_imports_neither_scipy_nor_pandas(synth, tmp_path)
             "heavy = [m for m in ('scipy', 'pandas', 'matplotlib') if m in sys.modules]\n"
             "print('HEAVY=' + ','.join(heavy))\n"
             "sys.exit(code)\n")
-    res = subprocess.run([sys.executable, "-c", code, "predict", *map(str, synth), "--target-name", "1B",
-                          "--target-n", "1.28e9", "--target-d", "2.6e10", "--tasks", "hellaswag",
+    res = subprocess.run([sys.executable, "-c", code, "predict", *map(str, run_files), *target,
                           "--calibration", "none", "--no-plots", "--out", str(tmp_path / "out")],
                          capture_output=True, text=True, cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
     assert res.returncode == 0, res.stderr
-    assert "HEAVY=\n" in res.stdout, res.stdout[-300:]
     assert (tmp_path / "out" / "predictions.json").exists()
+    return res.stdout.rsplit("HEAVY=", 1)[1].strip()
+
+
+def test_predict_without_plots_imports_neither_scipy_nor_pandas(synth, tmp_path):
+    """Importing scipy and pandas alone took longer than a whole `--no-plots` prediction does
+    now (docs/analysis.md, Timing): the prediction path needs numpy only, scipy's L-BFGS-B being
+    a second opinion for fits that Levenberg-Marquardt leaves unconverged."""
+    target = ["--target-name", "1B", "--target-n", "1.28e9", "--target-d", "2.6e10",
+              "--tasks", "hellaswag"]
+    assert _heavy_modules_after_predict(synth, target, tmp_path) == ""
+
+
+def test_paper_ladder_prediction_imports_neither_scipy_nor_pandas(olmo_ladder_dir, tmp_path):
+    runs = sorted(olmo_ladder_dir.glob("*xC.csv"))
+    assert _heavy_modules_after_predict(runs, SEVEN_B, tmp_path) == ""
 
 
 @pytest.mark.slow
