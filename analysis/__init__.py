@@ -19,7 +19,7 @@ __getattr__, __dir__, _EXPORTED = attach(__name__, {
 
 def fit_loss_law(n, d, loss, *, delta: float = 1e-3, strict: bool = False):
     """Fit L(N, D) = E + A/N^alpha + B/D^beta to arrays of (N, D, loss) (Chinchilla
-    Approach 3: Huber on log residuals, grid of starts, L-BFGS-B). The result has
+    Approach 3: Huber on log residuals, grid of starts, refined as in analysis.fit). The result has
     ``E, A, B, alpha, beta``, ``params_``, ``predict(n, d)`` and ``result_`` (diagnostics);
     a non-converged fit warns (``strict=True``: raises FitError)."""
     from analysis.laws import ChinchillaLaw
