@@ -22,6 +22,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from analysis.columns import as_floats, column_from, present, show, take
 from analysis.files import atomic_write_text, finite_or_none, json_safe
 
 FORMAT = "ladder-runlog/1"
@@ -146,84 +147,17 @@ class RunLog:
             if column == TOKENS:
                 raise RunLogError(NO_TOKENS.format(source=self.source))
             raise RunLogError(f"{self.source}: missing column '{column}'")
-        values = _floats(self.columns[column])
+        values = as_floats(self.columns[column])
         bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
             steps = self.columns[STEP][bad[:5]] if STEP in self.columns else bad[:5]
             raise RunLogError(f"{self.source}: column '{column}' has {bad.size} NaN/non-numeric "
-                              f"value(s) (at step {', '.join(_show(s) for s in steps)})")
+                              f"value(s) (at step {', '.join(show(s) for s in steps)})")
         return values
 
     def final(self, column: str, last: int = 5) -> float:
         """Mean of the last ``last`` evaluations, as the paper reads a run's end value."""
         return float(np.mean(self.column(column)[-last:]))
-
-
-# ---------------------------------------------------------------------------- values
-
-# the cells pandas reads as missing (its default na_values): W&B exports write some of them
-MISSING = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan",
-                     "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a",
-                     "nan", "null"})
-
-
-def _number(v) -> float | None:
-    """A cell or JSON value as a float; NaN if missing; None if it is not a number."""
-    if v is None:
-        return float("nan")
-    if isinstance(v, (bool, np.bool_)):
-        return float(v)
-    if isinstance(v, (int, float, np.integer, np.floating)):
-        return float(v)
-    if isinstance(v, str):
-        if v.strip() in MISSING:
-            return float("nan")
-        if "_" in v:  # Python reads '1_000' as 1000; no export writes that, so it is not a number
-            return None
-        try:
-            return float(v)
-        except ValueError:
-            return None
-    return None
-
-
-def _column(values: list) -> np.ndarray:
-    """Floats where every value is a number or missing, else the values as read."""
-    if values and all(type(v) is str for v in values) and not any("_" in v for v in values):
-        try:
-            return np.array(values, dtype=float)
-        except ValueError:  # missing cells, or text: value by value
-            pass
-    nums = [_number(v) for v in values]
-    if any(x is None for x in nums):
-        out = np.empty(len(values), dtype=object)
-        out[:] = values
-        return out
-    return np.array(nums, dtype=float)
-
-
-def _floats(values: np.ndarray) -> np.ndarray:
-    """A column as floats (text and missing values: NaN), always a copy."""
-    if values.dtype == object:
-        return np.array([x if (x := _number(v)) is not None else np.nan for v in values], float)
-    return np.array(values, dtype=float)
-
-
-def _present(values: np.ndarray) -> np.ndarray:
-    """Which cells hold a value (not missing)."""
-    if values.dtype == object:
-        return np.array([not (v is None or (isinstance(v, str) and v.strip() in MISSING)
-                              or (isinstance(v, float) and np.isnan(v))) for v in values], bool)
-    return ~np.isnan(values)
-
-
-def _show(step) -> str:
-    f = _number(step)
-    return str(int(f)) if f is not None and np.isfinite(f) and f == int(f) else str(step)
-
-
-def _take(columns: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
-    return {k: v[rows] for k, v in columns.items()}
 
 
 # ---------------------------------------------------------------------------- reading
@@ -300,7 +234,7 @@ def read_csv_columns(path: Path) -> dict[str, np.ndarray]:
         if len(r) < width:
             body[i] = r + [""] * (width - len(r))
     cells = list(zip(*body)) if body else [()] * width
-    return {h: _column(list(c)) for h, c in zip(header, cells)}
+    return {h: column_from(list(c)) for h, c in zip(header, cells)}
 
 
 def read_olmo_csv(path: str | os.PathLike, meta: RunMeta | None = None,
@@ -316,25 +250,25 @@ def read_olmo_csv(path: str | os.PathLike, meta: RunMeta | None = None,
     cols = read_csv_columns(p)
     evals = [c for c in cols if c.startswith("eval/")]
     if evals:
-        cols = _take(cols, np.flatnonzero(np.any([_present(cols[c]) for c in evals], axis=0)))
+        cols = take(cols, np.flatnonzero(np.any([present(cols[c]) for c in evals], axis=0)))
     cols = {_OLMO_COLUMNS.get(k, k): v for k, v in cols.items()}
     has_tokens = TOKENS in cols
     if not has_tokens and STEP not in cols:
         raise RunLogError(f"{p}: missing columns '_step' and 'throughput/total_tokens' (need "
                           f"one of them to order the evaluations)")
     if STEP in cols:
-        cols = _take(cols, np.argsort(_floats(cols[STEP]), kind="stable"))  # NaN last
+        cols = take(cols, np.argsort(as_floats(cols[STEP]), kind="stable"))  # NaN last
     batch = cols.get("batch_size_in_tokens")
     if batch is not None:
-        batch = _floats(batch)
+        batch = as_floats(batch)
         if not np.all(np.isfinite(batch) & (batch > 0)):
             raise RunLogError(f"{p}: column 'batch_size_in_tokens' must hold positive finite numbers")
     if not has_tokens and batch is not None:
-        cols[TOKENS] = np.cumsum(np.diff(_floats(cols[STEP]), prepend=0.0) * batch)
+        cols[TOKENS] = np.cumsum(np.diff(as_floats(cols[STEP]), prepend=0.0) * batch)
     elif not has_tokens and tokens_per_step is not None:
-        cols[TOKENS] = _floats(cols[STEP]) * float(tokens_per_step)
+        cols[TOKENS] = as_floats(cols[STEP]) * float(tokens_per_step)
     if STEP not in cols:  # the target export has no _step column
-        tokens = _floats(cols[TOKENS])
+        tokens = as_floats(cols[TOKENS])
         if batch is not None and np.all(np.isfinite(tokens)):
             cols[STEP] = np.round(tokens / batch).astype(np.int64)
         else:
@@ -362,7 +296,7 @@ def read_run_dir(path: str | os.PathLike) -> RunLog:
         raise RunLogError(f"{p / METRICS_JSONL}: the last evaluation row is cut short although the run "
                           f"completed; rerun its `ladder train` command to evaluate that step again")
     names = list(dict.fromkeys(k for row in rows for k in row)) or [STEP, TOKENS]
-    cols = {k: _column([row.get(k) for row in rows]) for k in names}
+    cols = {k: column_from([row.get(k) for row in rows]) for k in names}
     return _validated(RunLog(meta=meta, columns=cols, source=str(p)))
 
 
@@ -415,7 +349,7 @@ def _validated(run: RunLog, tokens_name: str = TOKENS) -> RunLog:
     if TOKENS not in cols and not run.source.endswith(".csv"):
         raise RunLogError(f"{run.source}: missing column '{TOKENS}'")
     col, name = (TOKENS, tokens_name) if TOKENS in cols else (STEP, "_step")
-    values = _floats(cols[col])
+    values = as_floats(cols[col])
     if len(values) and not np.all(np.isfinite(values)):
         raise RunLogError(f"{run.source}: column '{name}' has NaN/non-numeric values")
     if len(values) > 1 and np.any(np.diff(values) <= 0):
@@ -435,10 +369,10 @@ def _check_accuracies(cols: dict[str, np.ndarray], source: str) -> None:
     for col, values in cols.items():
         if not str(col).startswith(ACCURACY_PREFIX):
             continue
-        v = _floats(values)
+        v = as_floats(values)
         bad = np.flatnonzero(np.isfinite(v) & ((v < 0) | (v > 1)))
         if bad.size:
-            step = _show(cols[STEP][bad[0]]) if STEP in cols else bad[0]
+            step = show(cols[STEP][bad[0]]) if STEP in cols else bad[0]
             raise RunLogError(f"{source}: column '{col}' has {v[bad[0]]:g} at step {step}; accuracies "
                               f"must be fractions in [0, 1]")
 

@@ -140,7 +140,8 @@ def test_csv_columns_read_as_pandas_reads_them(case, tmp_path):
     pandas as the oracle: same columns, rows and numbers (text and missing cells as NaN)."""
     import pandas as pd
 
-    from analysis.runlog import _floats, read_csv_columns
+    from analysis.columns import as_floats
+    from analysis.runlog import read_csv_columns
 
     p = tmp_path / f"{case}.csv"
     p.write_bytes(CSV_CASES[case].encode())
@@ -148,7 +149,7 @@ def test_csv_columns_read_as_pandas_reads_them(case, tmp_path):
     theirs = pd.read_csv(p)
     assert list(ours) == list(theirs.columns)
     for col in ours:
-        np.testing.assert_array_equal(_floats(ours[col]),
+        np.testing.assert_array_equal(as_floats(ours[col]),
                                       pd.to_numeric(theirs[col], errors="coerce").to_numpy(float),
                                       err_msg=col)
 
