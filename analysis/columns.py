@@ -54,14 +54,6 @@ def as_floats(values: np.ndarray) -> np.ndarray:
     return np.array(values, dtype=float)
 
 
-def present(values: np.ndarray) -> np.ndarray:
-    """Which cells hold a value (not missing)."""
-    if values.dtype == object:
-        return np.array([not (v is None or (isinstance(v, str) and v.strip() in MISSING)
-                              or (isinstance(v, float) and np.isnan(v))) for v in values], bool)
-    return ~np.isnan(values)
-
-
 def show(value) -> str:
     """A cell for an error message: whole numbers without a decimal point."""
     f = to_number(value)

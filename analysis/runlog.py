@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from analysis.columns import as_floats, column_from, present, show, take
+from analysis.columns import MISSING, as_floats, column_from, show, take
 from analysis.files import atomic_write_text, finite_or_none, json_safe
 
 FORMAT = "ladder-runlog/1"
@@ -212,27 +212,38 @@ def parse_run_name(name: str) -> dict[str, Any]:
     return out
 
 
-def read_csv_columns(path: Path) -> dict[str, np.ndarray]:
-    """A CSV with a header row as columns (see :func:`_column`). Blank lines are skipped; a
-    short row is padded with missing cells; a row longer than the header is an error."""
+def read_csv_columns(path: Path, keep_prefix: str | None = None) -> dict[str, np.ndarray]:
+    """A CSV with a header row as columns (see :func:`analysis.columns.column_from`). Blank lines
+    are skipped; a short row is padded with missing cells; a row longer than the header is an
+    error. With ``keep_prefix``, only rows with a value in some column of that prefix are kept,
+    as they are read: a W&B history export's training-step rows never reach memory."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM, as Excel writes
-            rows = [r for r in csv.reader(f) if r]
+            reader = csv.reader(f)
+            header = next((r for r in reader if r), None)
+            if header is None:
+                raise RunLogError(f"{path}: cannot read as CSV (no header row)")
+            dup = sorted({h for h in header if header.count(h) > 1})
+            if dup:
+                raise RunLogError(f"{path}: cannot read as CSV (column '{dup[0]}' appears twice)")
+            width = len(header)
+            need = [i for i, h in enumerate(header) if keep_prefix and h.startswith(keep_prefix)]
+            body = []
+            for r in reader:
+                if len(r) != width:
+                    if not r:
+                        continue
+                    if len(r) > width:
+                        raise RunLogError(f"{path}: cannot read as CSV (line {reader.line_num} has "
+                                          f"{len(r)} fields, the header {width})")
+                    r = r + [""] * (width - len(r))
+                # all empty (cheap, the usual training row), or every cell a missing value
+                if need and (not any(r[i] for i in need)
+                             or all(r[i].strip() in MISSING for i in need)):
+                    continue
+                body.append(r)
     except (UnicodeDecodeError, csv.Error, OSError) as e:
         raise RunLogError(f"{path}: cannot read as CSV ({' '.join(str(e).split())})") from None
-    if not rows:
-        raise RunLogError(f"{path}: cannot read as CSV (no header row)")
-    header, body = rows[0], rows[1:]
-    dup = sorted({h for h in header if header.count(h) > 1})
-    if dup:
-        raise RunLogError(f"{path}: cannot read as CSV (column '{dup[0]}' appears twice)")
-    width = len(header)
-    for i, r in enumerate(body):
-        if len(r) > width:
-            raise RunLogError(f"{path}: cannot read as CSV (line {i + 2} has {len(r)} fields, "
-                              f"the header {width})")
-        if len(r) < width:
-            body[i] = r + [""] * (width - len(r))
     cells = list(zip(*body)) if body else [()] * width
     return {h: column_from(list(c)) for h, c in zip(header, cells)}
 
@@ -247,10 +258,7 @@ def read_olmo_csv(path: str | os.PathLike, meta: RunMeta | None = None,
     supply them, wherever tokens are needed. Rows without any 'eval/' value (training-step rows
     of a plain W&B export) are not evaluations and are dropped; rows are ordered by step."""
     p = Path(path)
-    cols = read_csv_columns(p)
-    evals = [c for c in cols if c.startswith("eval/")]
-    if evals:
-        cols = take(cols, np.flatnonzero(np.any([present(cols[c]) for c in evals], axis=0)))
+    cols = read_csv_columns(p, keep_prefix="eval/")
     cols = {_OLMO_COLUMNS.get(k, k): v for k, v in cols.items()}
     has_tokens = TOKENS in cols
     if not has_tokens and STEP not in cols:

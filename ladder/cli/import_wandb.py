@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from typing import NoReturn
 
 from ladder.exit_codes import EXIT_BAD_INPUT
 
@@ -87,9 +89,20 @@ def run(args) -> int:
         results = import_project(args.project, args.out, opts, api=api)
     except WandbImportError as e:
         print(f"ladder: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        exit_without_wandb_teardown(EXIT_BAD_INPUT)
     counts = {s: sum(r.status == s for r in results) for s in ("imported", "skipped", "empty", "failed")}
     print(", ".join(f"{v} {k}" for k, v in counts.items()) + f" -> {args.out}")
     if counts["imported"] or counts["skipped"]:
         print(f"next: ladder predict {args.out}/* --target-name ... --target-n N --target-d D --out DIR")
     return 1 if counts["failed"] else 0
+
+
+def exit_without_wandb_teardown(code: int) -> NoReturn:
+    """Exit now, skipping the atexit hooks. wandb's hook waits for its wandb-core service, which
+    after a request the server never answered keeps retrying it, for minutes at times (the
+    one-line error above came long before the command ended). Nothing of the import is pending:
+    its output is written as a whole or not at all. The service watches this process's pid and
+    ends itself when it is gone."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
