@@ -9,8 +9,9 @@ Why this shape (Chinchilla Approach 3, Hoffmann et al. 2022, and what breaks in 
     refit: deterministic, and insensitive to one bad start (the ladder paper's code uses a
     single start and ignores 4 of 8 optimiser failures);
   * convergence is judged by the Newton decrement at the returned point (the loss decrease
-    still achievable), not by an optimiser's message; a fit whose starts all fail that test
-    gets a second opinion from scipy's L-BFGS-B before it is flagged;
+    still achievable), not by an optimiser's message; a start that fails that test while its
+    loss is still below the best converged one gets a second opinion from scipy's L-BFGS-B,
+    and a fit none of whose starts passes is flagged;
   * bootstrap replicates are fitted the same way, all at once, warm-started at the point
     estimate, so intervals cost one vectorised refit.
 """
@@ -116,7 +117,7 @@ def _projected_grad(theta: np.ndarray, grad: np.ndarray, bounds: np.ndarray | No
 
 
 def _lbfgsb(obj: BatchObjective, theta0: np.ndarray, bounds: np.ndarray | None, maxiter: int):
-    from scipy.optimize import minimize  # the fallback only: scipy costs ~0.7 s to import
+    from scipy.optimize import minimize  # here only: importing scipy costs more than a prediction
 
     shape = theta0.shape
 
@@ -161,8 +162,9 @@ def minimize_multistart(obj: BatchObjective, grid: np.ndarray, *, bounds: np.nda
                         scale: float = 1.0, method: str = "lm") -> FitResult:
     """Screen ``grid`` (S, p) with one vectorised evaluation, refine the ``n_refine`` best
     distinct starts together (vectorised Levenberg-Marquardt), return the best converged one.
-    A start that does not pass the convergence test is refined again from scratch by scipy's
-    L-BFGS-B (a different method, with one restart); if none passes, the fit is flagged.
+    A start that does not pass the convergence test while its loss is below the best converged
+    one is refined again from scratch by scipy's L-BFGS-B (a different method, with one
+    restart); if none passes, the fit is flagged.
     ``method="lbfgsb"`` refines every start with L-BFGS-B alone (the fitter before; kept to
     compare, tests/benchmarks/bench_fitter.py).
 
