@@ -353,6 +353,33 @@ def test_wandb_online_failure_logs_offline_not_crash(monkeypatch, tmp_path):
         start_trackers(acc, "p", {}, {"wandb": {}}, tmp_path, warn=warned.append)
 
 
+def test_wandb_service_teardown_neither_hangs_nor_exits_the_rung(monkeypatch):
+    """wandb.teardown joins a service that may retry a dead server for minutes, and calls
+    sys.exit when that service ends with an error code: neither reaches the rung."""
+    import threading
+    import time
+
+    import wandb
+
+    from ladder.train.tracking import release_wandb_service
+
+    release = threading.Event()
+    monkeypatch.setattr(wandb, "teardown", lambda: release.wait(30))
+    warned = []
+    t0 = time.perf_counter()
+    assert release_wandb_service(timeout=0.3, warn=warned.append) is False
+    assert time.perf_counter() - t0 < 5 and "did not stop within 0.3 s" in warned[0]
+    release.set()
+
+    def exits():
+        raise SystemExit(3)  # as wandb's _teardown does on the service's nonzero exit code
+
+    monkeypatch.setattr(wandb, "teardown", exits)
+    warned.clear()
+    assert release_wandb_service(timeout=10, warn=warned.append) is True
+    assert len(warned) == 1 and "SystemExit(3)" in warned[0]
+
+
 @pytest.mark.slow
 def test_run_with_unreachable_wandb_server_completes_offline(cache, recipe_file, tmp_path):
     """The real thing: online W&B against a closed port crashed the run after its setup."""

@@ -52,13 +52,45 @@ def start_trackers(accelerator, project: str, config: dict, init_kwargs: dict, r
         (warn or (lambda m: print(m, file=sys.stderr, flush=True)))(
             f"warning: W&B online failed ({type(e).__name__}: {first}); logging this run offline "
             f"under {run_dir}/wandb instead: `wandb sync` it later")
-    import wandb
-
-    wandb.teardown()  # the failed attempt keeps the run id in W&B's service
+    release_wandb_service(warn=warn)  # the failed attempt keeps the run id in W&B's service
     accelerator.trackers.clear()  # and its tracker, which init_trackers would start again
     init_kwargs["wandb"]["mode"] = "offline"
     accelerator.init_trackers(project, config=config, init_kwargs=init_kwargs)
     return "offline"
+
+
+WANDB_TEARDOWN_TIMEOUT_S = 60.0
+
+
+def release_wandb_service(timeout: float = WANDB_TEARDOWN_TIMEOUT_S, warn=None) -> bool:
+    """``wandb.teardown()``, waited for at most ``timeout`` seconds; True when it finished.
+
+    Teardown joins W&B's service process, which may still be retrying the unreachable server
+    (minutes by default), and exits the caller when that process ends with an error code: a
+    rung holding its GPUs must neither wait for it nor die of it. It runs in a daemon thread;
+    a service that does not stop in time is left to end on its own."""
+    import threading
+
+    import wandb
+
+    say = warn or (lambda m: print(m, file=sys.stderr, flush=True))
+    failed: list[BaseException] = []
+
+    def teardown() -> None:
+        try:
+            wandb.teardown()
+        except BaseException as e:  # noqa: BLE001 - SystemExit(service exit code) included
+            failed.append(e)
+
+    t = threading.Thread(target=teardown, name="wandb-teardown", daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        say(f"warning: W&B's service did not stop within {timeout:g} s; continuing without it")
+        return False
+    if failed:
+        say(f"warning: stopping W&B's service failed ({failed[0]!r}); continuing without it")
+    return True
 
 
 def peak_flops(device) -> tuple[float | None, str]:
