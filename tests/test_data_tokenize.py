@@ -124,6 +124,14 @@ def test_cli_bad_input_exit_2(tmp_path, tok_json, capsys):
     code = main(["tokenize", str(tmp_path / "x.jsonl"), "--tokenizer", tok_json, "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "x.jsonl has a document without 'text'" in err and not (tmp_path / "o").exists()
+    noeos = tmp_path / "noeos.json"  # the error names the option the user gave, not a recipe key
+    data = json.loads(Path(tok_json).read_text())
+    data["added_tokens"] = []
+    data["model"]["vocab"] = {k: v for k, v in data["model"]["vocab"].items() if not k.startswith("<|")}
+    noeos.write_text(json.dumps(data))
+    code = main(["tokenize", str(tmp_path / "x.jsonl"), "--tokenizer", str(noeos), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("ladder tokenize: error: --tokenizer: ") and "end-of-text" in err
 
 
 def _fake_hub_cache(home, repo: str, tokenizer_json: Path) -> None:

@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_tokenizer(path: str):
+    """Any checkpoint's tokenizer as it is. Not the recipe's loader (ladder.data.tokenizer),
+    which demands an EOS token for packing documents: a downloaded model may have none, and
+    scoring needs none."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     p = Path(path)

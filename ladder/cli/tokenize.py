@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
             raise DataError(f"--workers must be >= 1, got {args.workers}")
         if args.tokenizer == "embedded":
             raise DataError("--tokenizer: 'embedded' is trained per corpus; name a tokenizer")
-        tok = load_tokenizer(ModelConfig(tokenizer=args.tokenizer))
+        tok = load_tokenizer(ModelConfig(tokenizer=args.tokenizer), field="--tokenizer")
         m = tokenize_corpus(args.inputs, tok, args.out, workers=args.workers, text_field=args.text_field,
                             unit_bytes=int(args.unit_mb * (1 << 20)), tokenizer_spec=args.tokenizer,
                             progress=progress)

