@@ -1,9 +1,11 @@
 """Model size presets: name -> Hugging Face ``Olmo2Config``, and N counted as the ladder paper does.
 
 The paper's N counts every weight of the model with the embedding matrix once and no separate
-output head (its models tie nothing, but the head is not counted). We count on the built model
-(on the ``meta`` device, so a 13B preset allocates nothing) rather than with a closed formula, so
-the number always describes the model that is actually trained.
+output head (its models tie nothing, but the head is not counted). Planning counts in closed form
+(:meth:`Preset.params`), so that ``ladder sizes``, ``plan`` and a sweep's checks need neither
+torch nor transformers (seconds of imports); the count must describe the model actually trained,
+so every training run compares it with the built model (``ladder.train.setup.build_model``)
+and the tests with every preset built on the ``meta`` device (:func:`count_params`).
 """
 
 from __future__ import annotations
@@ -60,6 +62,25 @@ class Preset:
         kw.update(overrides)
         return Olmo2Config(**kw)
 
+    def params(self, vocab_size: int | None = None) -> ParamCount:
+        """N as the built ``Olmo2ForCausalLM`` of :meth:`config` has it, in closed form: per
+        layer the q, k, v, o projections (4 d^2; as many KV heads as heads), the SwiGLU MLP
+        (3 d f), and four RMSNorm weights of d (QK-norm, post-attention, post-MLP); a final
+        norm; the embedding; an untied output head (counted in ``n_total`` only)."""
+        d, f, v = self.d_model, self.mlp_hidden, int(vocab_size or self.vocab_size)
+        embed = v * d
+        n = self.n_layers * (4 * d * d + 3 * d * f + 4 * d) + d + embed
+        return ParamCount(n=n, n_nonembed=n - embed, n_embed=embed, n_total=n + embed)
+
+    def flops_per_token(self, seq_len: int, vocab_size: int | None = None) -> int:
+        """Training FLOPs per token (forward + backward = 3x forward), as used for MFU.
+
+        6 x (matmul weights, including the output head but not the embedding lookup) plus the
+        attention score/value matmuls, 6 x 2 x layers x seq_len x d_model (PaLM appendix B,
+        causal masking not discounted, as most MFU reports do)."""
+        pc = self.params(vocab_size)
+        return 6 * (pc.n_total - pc.n_embed) + 12 * self.n_layers * int(seq_len) * self.d_model
+
 
 def _paper(name: str, d: int, layers: int, heads: int, mlp: int | None = None) -> Preset:
     return Preset(name, d, layers, heads, mlp if mlp is not None else 4 * d)
@@ -110,7 +131,8 @@ class ParamCount:
 
 
 def count_params(config) -> ParamCount:
-    """Count on the model built on the ``meta`` device (no memory)."""
+    """Count on the model of ``config`` built on the ``meta`` device (no memory): what
+    :meth:`Preset.params` is checked against."""
     return _count_cached(config.to_json_string(use_diff=False))
 
 
@@ -123,25 +145,17 @@ def _count_cached(config_json: str) -> ParamCount:
 
     config = Olmo2Config(**json.loads(config_json))
     with torch.device("meta"):
-        model = Olmo2ForCausalLM(config)
+        return model_params(Olmo2ForCausalLM(config))
+
+
+def model_params(model) -> ParamCount:
+    """The paper's count of a built causal LM: shared tensors once, the output head not in N."""
     total = sum(p.numel() for p in model.parameters())  # shared tensors counted once
     embed = model.get_input_embeddings().weight
     head = model.get_output_embeddings().weight
     n_head = 0 if head is embed else head.numel()
     n = total - n_head
     return ParamCount(n=n, n_nonembed=n - embed.numel(), n_embed=embed.numel(), n_total=total)
-
-
-def flops_per_token(config, seq_len: int) -> int:
-    """Training FLOPs per token (forward + backward = 3x forward), as used for MFU.
-
-    6 x (matmul weights, including the output head but not the embedding lookup) plus the
-    attention score/value matmuls, 6 x 2 x layers x seq_len x d_model (PaLM appendix B, causal
-    masking not discounted, as most MFU reports do)."""
-    pc = count_params(config)
-    matmul_params = pc.n_total - pc.n_embed
-    attn = 12 * config.num_hidden_layers * seq_len * config.hidden_size
-    return 6 * matmul_params + attn
 
 
 def size_table(names: list[str] | None = None, seq_len: int | None = None,
@@ -151,10 +165,9 @@ def size_table(names: list[str] | None = None, seq_len: int | None = None,
     for name in names or list(PRESETS):
         p = get_preset(name)
         sl = seq_len or (PAPER_SEQ_LEN if not p.tiny else 128)
-        cfg = p.config(vocab_size=vocab_size, seq_len=sl)
-        pc = count_params(cfg)
+        pc = p.params(vocab_size)
         rows.append(dict(name=p.name, d_model=p.d_model, n_layers=p.n_layers, n_heads=p.n_heads,
-                         mlp_hidden=p.mlp_hidden, vocab_size=cfg.vocab_size, seq_len=sl,
-                         n_params=pc.n, n_nonembed=pc.n_nonembed,
-                         flops_per_token=flops_per_token(cfg, sl)))
+                         mlp_hidden=p.mlp_hidden, vocab_size=int(vocab_size or p.vocab_size),
+                         seq_len=sl, n_params=pc.n, n_nonembed=pc.n_nonembed,
+                         flops_per_token=p.flops_per_token(sl, vocab_size)))
     return rows

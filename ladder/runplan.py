@@ -63,12 +63,12 @@ class RunPlan:
 
 
 def plan_run(recipe: Recipe, size: str, multiplier: float, seed: int | None, vocab_size: int) -> RunPlan:
-    from ladder.presets import count_params, flops_per_token, get_preset
+    from ladder.presets import get_preset
 
     preset = get_preset(size)
     t = recipe.train
-    cfg = preset.config(vocab_size=vocab_size, seq_len=t.seq_len)
-    pc = count_params(cfg)
+    vocab = int(vocab_size or preset.vocab_size)
+    pc = preset.params(vocab)
     d = int(round(multiplier * TOKENS_PER_PARAM * pc.n))
     batch = t.batch_tokens or paper_batch_tokens(pc.n, t.seq_len)
     batch = max(t.seq_len, batch // t.seq_len * t.seq_len)
@@ -77,10 +77,10 @@ def plan_run(recipe: Recipe, size: str, multiplier: float, seed: int | None, voc
     warmup = min(steps - 1, math.ceil(warm_tokens / batch)) if steps > 1 else 0
     return RunPlan(recipe=recipe, size=size, multiplier=float(multiplier),
                    seed=recipe.seeds[0] if seed is None else int(seed), n_params=pc.n,
-                   n_nonembed=pc.n_nonembed, vocab_size=cfg.vocab_size, target_tokens=d,
+                   n_nonembed=pc.n_nonembed, vocab_size=vocab, target_tokens=d,
                    batch_tokens=batch, batch_seqs=batch // t.seq_len, total_steps=steps,
                    warmup_steps=warmup, lr=t.lr or paper_lr(pc.n, t.seq_len),
-                   flops_per_token=flops_per_token(cfg, t.seq_len))
+                   flops_per_token=preset.flops_per_token(t.seq_len, vocab))
 
 
 def lr_lambda(step: int, plan: RunPlan) -> float:

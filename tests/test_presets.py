@@ -3,7 +3,7 @@ import json
 import pytest
 
 from analysis.runlog import PAPER_N
-from ladder.presets import PAPER_PRESETS, PRESETS, TINY_PRESETS, count_params, flops_per_token, get_preset
+from ladder.presets import PAPER_PRESETS, PRESETS, TINY_PRESETS, count_params, get_preset
 
 PAPER_SIZES = ["190M", "370M", "760M", "1B", "3B", "7B", "13B"]
 
@@ -32,10 +32,17 @@ def test_paper_architectures():
     assert get_preset("190M").config().intermediate_size == 4 * 768
 
 
+@pytest.mark.parametrize("vocab", [None, 1024, 50_304])
+def test_closed_form_count_equals_the_built_model(vocab):
+    """Planning counts without building the model; the count must be the built model's."""
+    for p in PRESETS.values():
+        assert p.params(vocab) == count_params(p.config(vocab_size=vocab)), p.name
+
+
 def test_flops_per_token():
     cfg = get_preset("1B").config(seq_len=4096)
     pc = count_params(cfg)
-    f = flops_per_token(cfg, 4096)
+    f = get_preset("1B").flops_per_token(4096)
     # 6 x (non-embedding weights + output head) + attention term
     assert f == 6 * (pc.n_nonembed + pc.n_embed) + 12 * 16 * 4096 * 2048
     assert 6 * pc.n < f < 8 * pc.n

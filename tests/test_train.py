@@ -487,3 +487,18 @@ def test_compiled_run_resumes_exactly_and_tracks_eager(baseline, recipe_file, ca
     assert again.returncode == 0, again.stderr
     assert "resuming" in again.stdout + again.stderr
     assert_same_as_baseline(out, (ref, compiled))
+
+
+def test_built_model_has_the_planned_n():
+    """Plans count N in closed form; the trainer refuses a model whose N differs."""
+    import dataclasses
+
+    from ladder.presets import model_params
+    from ladder.runplan import plan_run
+    from ladder.train.setup import build_model
+
+    plan = plan_run(from_dict(RECIPE), "tiny-43k", 1.0, 0, 1024)
+    assert model_params(build_model(plan)).n == plan.n_params
+    off = dataclasses.replace(plan, n_params=plan.n_params + 1)
+    with pytest.raises(RuntimeError, match="the plan counted"):
+        build_model(off)

@@ -48,22 +48,22 @@ def activation_bytes_per_token_layer(d: int, f: int, bf16: bool) -> float:
 def memory_estimate(plan, *, micro_batch: int, processes: int, fsdp: bool, bf16: bool,
                     activation_checkpointing: bool = False) -> MemoryEstimate:
     """Peak bytes per process of one training step of ``plan`` (a RunPlan)."""
-    from ladder.presets import count_params, get_preset
+    from ladder.presets import get_preset
 
-    cfg = get_preset(plan.size).config(vocab_size=plan.vocab_size, seq_len=plan.recipe.train.seq_len)
-    n_all = count_params(cfg).n_total
+    preset = get_preset(plan.size)
+    n_all = preset.params(plan.vocab_size).n_total
     shard = processes if fsdp else 1
     params, optim = 4 * n_all / shard, 8 * n_all / shard
     grads = 4 * n_all / shard * (2 if processes > 1 and not fsdp else 1)
     tokens = micro_batch * plan.recipe.train.seq_len
-    d, f, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    d, f, layers = preset.d_model, preset.mlp_hidden, preset.n_layers
     per_layer = tokens * activation_bytes_per_token_layer(d, f, bf16)
     if activation_checkpointing:
         acts = layers * tokens * d * (2 if bf16 else 4) + per_layer
     else:
         acts = layers * per_layer
     acts += 2 * tokens * d * 4  # embedding output and final norm
-    logits = tokens * cfg.vocab_size * (12 if bf16 else 8)
+    logits = tokens * plan.vocab_size * (12 if bf16 else 8)
     return MemoryEstimate(params, grads, optim, acts, logits)
 
 

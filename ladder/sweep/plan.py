@@ -67,7 +67,7 @@ def run_flops(plan: RunPlan) -> float:
 
 def plan_sweep(recipe: Recipe) -> SweepPlan:
     """Expand the grid (sizes x multipliers x seeds) and resolve every target's N and D."""
-    from ladder.presets import PRESETS, count_params, get_preset
+    from ladder.presets import PRESETS, get_preset
 
     vocab = planning_vocab_size(recipe)
     src = recipe.source
@@ -82,7 +82,7 @@ def plan_sweep(recipe: Recipe) -> SweepPlan:
         if t.n is not None:
             n = int(t.n)
         elif t.size is not None:
-            n = count_params(get_preset(t.size).config(vocab_size=vocab, seq_len=recipe.train.seq_len)).n
+            n = get_preset(t.size).params(vocab).n
         else:
             raise RecipeError(f"{where}: needs N: give 'size' (a preset) or 'n' (parameters)")
         if t.d is not None:

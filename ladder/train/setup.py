@@ -34,16 +34,24 @@ def default_run_dir(recipe: Recipe, plan: RunPlan) -> Path:
 
 
 def build_model(plan: RunPlan):
+    """The rung's ``Olmo2ForCausalLM``, checked to have the N its plan (tokens, batch, LR, the
+    fits) was made with: the plan counts in closed form, without building the model."""
     from transformers import Olmo2ForCausalLM
 
-    from ladder.presets import get_preset
+    from ladder.presets import get_preset, model_params
 
     r = plan.recipe
     config = get_preset(plan.size).config(vocab_size=plan.vocab_size, seq_len=r.train.seq_len,
                                           initializer_range=r.model.init_std)
     config._attn_implementation = "sdpa"
     torch.manual_seed(plan.seed)
-    return Olmo2ForCausalLM(config)
+    model = Olmo2ForCausalLM(config)
+    built = model_params(model).n
+    if built != plan.n_params:
+        raise RuntimeError(f"{plan.size}: the built model has N = {built:,} parameters, the plan "
+                           f"counted {plan.n_params:,} (ladder.presets.Preset.params no longer "
+                           f"matches this transformers version's Olmo2ForCausalLM)")
+    return model
 
 
 def build_optimizer(model, plan: RunPlan, device: torch.device):

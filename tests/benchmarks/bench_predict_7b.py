@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PAPER_CODE = {"mmlu": (49.01, 48.38), "hellaswag": (81.35, 82.52), "arc_challenge": (61.95, 51.50),
               "arc_easy": (84.55, 76.59), "piqa": (82.05, 81.22), "csqa": (72.65, 75.71),
               "socialiqa": (59.93, 58.74), "openbookqa": (49.40, 44.17)}
+Z90 = 1.6448536269514722  # two-sided 90% normal quantile
 
 
 def main() -> int:
@@ -52,13 +53,14 @@ def main() -> int:
         plots = sorted(p.name for p in Path(tmp).glob("*.png"))
     print(f"{'task':<14} {'grade':<10} {'actual':>7} {'ours':>7} {'90% interval':>16} {'err':>6} "
           f"{'raw bootstrap':>16} | {'paper code':>10} {'err':>6}")
-    ours, theirs, covered, widths, raw_cov, raw_w = [], [], 0, [], 0, []
+    ours, theirs, covered, widths, raw_cov, raw_w, scaled = [], [], 0, [], 0, [], []
     for r in rows:
         a, p = 100 * r["actual_acc"], 100 * r["pred_acc"]
         lo, hi = 100 * r["pred_acc_low"], 100 * r["pred_acc_high"]
         pa, pp = PAPER_CODE[r["task"]]
         ours.append(abs(p - a)); theirs.append(abs(pp - pa))
         covered += lo <= a <= hi; widths.append(hi - lo)
+        scaled.append((a - p) / (((hi - p) if a > p else (p - lo)) / Z90))  # error / implied SD
         rlo, rhi = 100 * r["interval"]["raw_low"], 100 * r["interval"]["raw_high"]
         raw_cov += rlo <= a <= rhi; raw_w.append(rhi - rlo)
         flag = "" if r.get("converged", True) else "  NOT CONVERGED"
@@ -70,6 +72,9 @@ def main() -> int:
     print(f"90% intervals ({rows[0]['interval']['method']}) contain the actual on "
           f"{covered}/{len(rows)} tasks; median width {med:.2f} points")
     print(f"raw bootstrap intervals: {raw_cov}/{len(rows)}; median width {np.median(raw_w):.2f} points")
+    rms = float(np.sqrt(np.mean(np.square(scaled))))
+    print(f"errors / the SD the 90% intervals imply (half-width on the error's side / {Z90:.3f}): "
+          f"RMS {rms:.2f} (1 = intervals sized to the errors; {len(rows)} tasks, report only)")
     print(f"non-converged fits: {sum(not r.get('converged', True) for r in rows)}")
     print(f"plots: {', '.join(plots)}")
     print(f"`ladder predict` wall time: {walls[0]:.1f} s calibrating, {walls[1]:.1f} s reusing the "
