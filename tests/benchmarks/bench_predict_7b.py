@@ -53,7 +53,7 @@ def main() -> int:
         plots = sorted(p.name for p in Path(tmp).glob("*.png"))
     print(f"{'task':<14} {'grade':<10} {'actual':>7} {'ours':>7} {'90% interval':>16} {'err':>6} "
           f"{'raw bootstrap':>16} | {'paper code':>10} {'err':>6}")
-    ours, theirs, covered, widths, raw_cov, raw_w, scaled = [], [], 0, [], 0, [], []
+    ours, theirs, covered, widths, raw_cov, raw_w, scaled, scaled_raw = [], [], 0, [], 0, [], [], []
     for r in rows:
         a, p = 100 * r["actual_acc"], 100 * r["pred_acc"]
         lo, hi = 100 * r["pred_acc_low"], 100 * r["pred_acc_high"]
@@ -63,6 +63,7 @@ def main() -> int:
         scaled.append((a - p) / (((hi - p) if a > p else (p - lo)) / Z90))  # error / implied SD
         rlo, rhi = 100 * r["interval"]["raw_low"], 100 * r["interval"]["raw_high"]
         raw_cov += rlo <= a <= rhi; raw_w.append(rhi - rlo)
+        scaled_raw.append((a - p) / (((rhi - p) if a > p else (p - rlo)) / Z90))
         flag = "" if r.get("converged", True) else "  NOT CONVERGED"
         print(f"{r['task']:<14} {r.get('grade', '-'):<10} {a:7.2f} {p:7.2f} [{lo:6.2f}, {hi:6.2f}] "
               f"{p - a:+6.2f} [{rlo:6.2f}, {rhi:6.2f}] | {pp:10.2f} {pp - pa:+6.2f}{flag}")
@@ -72,9 +73,10 @@ def main() -> int:
     print(f"90% intervals ({rows[0]['interval']['method']}) contain the actual on "
           f"{covered}/{len(rows)} tasks; median width {med:.2f} points")
     print(f"raw bootstrap intervals: {raw_cov}/{len(rows)}; median width {np.median(raw_w):.2f} points")
-    rms = float(np.sqrt(np.mean(np.square(scaled))))
+    rms, rms_raw = (float(np.sqrt(np.mean(np.square(x)))) for x in (scaled, scaled_raw))
     print(f"errors / the SD the 90% intervals imply (half-width on the error's side / {Z90:.3f}): "
-          f"RMS {rms:.2f} (1 = intervals sized to the errors; {len(rows)} tasks, report only)")
+          f"RMS {rms:.2f} calibrated, {rms_raw:.2f} raw (1 = intervals sized to the errors; "
+          f"{len(rows)} tasks, report only)")
     print(f"non-converged fits: {sum(not r.get('converged', True) for r in rows)}")
     print(f"plots: {', '.join(plots)}")
     print(f"`ladder predict` wall time: {walls[0]:.1f} s calibrating, {walls[1]:.1f} s reusing the "
