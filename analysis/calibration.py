@@ -103,6 +103,19 @@ class Calibration:
     scenarios: list[str] = field(default_factory=list)
     n_records: int = 0
     fingerprint: str = ""
+    # the farthest the backtests extrapolated (dN, dT): beyond, the widening is extrapolated too
+    dn_max: float | None = None
+    dt_max: float | None = None
+
+    def beyond(self, dn: float, dt: float) -> dict[str, list[float]]:
+        """The axes on which a prediction extrapolates farther than any backtest that calibrated
+        this interval: {axis: [the prediction's distance, the backtests' largest]}."""
+        out = {}
+        for axis, d, top in (("log_n_beyond_ladder", dn, self.dn_max),
+                             ("log_tokens_per_param_beyond_ladder", dt, self.dt_max)):
+            if top is not None and d > top + 1e-9:
+                out[axis] = [float(d), float(top)]
+        return out
 
     def widen(self, task: str, pred: float, low: float, high: float, dn: float, dt: float):
         """Calibrated (low, high) of a prediction whose raw bootstrap interval is (low, high)."""
@@ -165,7 +178,8 @@ def fit_calibration(records: list[Record], level: float = LEVEL, grid=GRID,
         task_mae[t] = float(np.mean(np.abs(a["actual"][m] - a["pred"][m])))
         task_med[t] = float(np.median(sc[m]))
     return Calibration(level, float(k), float(c_t), float(c_n), task_k, task_mae, task_med,
-                       last_rung_bias(records), scen, len(records))
+                       last_rung_bias(records), scen, len(records),
+                       dn_max=float(a["dn"].max()), dt_max=float(a["dt"].max()))
 
 
 def last_rung_bias(records: list[Record]) -> dict[str, float]:

@@ -202,6 +202,9 @@ def _add_intervals(preds, bs, keep_samples, calibration):
             p.pred_acc_low, p.pred_acc_high = max(lo, 0.0), min(hi, 1.0)
             info.update(level=calibration.level, calibrated=True, method=calibration.describe(),
                         k_task=calibration.task_k.get(p.task, calibration.k))
+            beyond = calibration.beyond(p.dn, p.dt)
+            if beyond:
+                info["beyond_calibration"] = beyond
         else:
             p.pred_acc_low, p.pred_acc_high = p.raw_low, p.raw_high
             info.update(calibrated=False, method="run bootstrap only, NOT calibrated: in-ladder "

@@ -28,6 +28,25 @@ def _pts(x) -> str:
     return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{100 * x:.2f}"
 
 
+AXES = {"log_n_beyond_ladder": "N", "log_tokens_per_param_beyond_ladder": "tokens per parameter"}
+
+
+def beyond_calibration_lines(preds: list[Prediction]) -> list[str]:
+    """Per target, where it lies farther beyond the ladder than any backtest that calibrated its
+    interval: there the widening itself is an extrapolation, which the reader must know."""
+    out = []
+    for target in dict.fromkeys(p.target for p in preds):
+        beyond = next((p.interval_info["beyond_calibration"] for p in preds if p.target == target
+                       and p.interval_info.get("beyond_calibration")), None)
+        if beyond:
+            parts = [f"{AXES[k]} by {math.exp(d):.1f}x (the backtests reached {math.exp(top):.1f}x)"
+                     for k, (d, top) in beyond.items()]
+            out += ["", f"Beyond the backtests: {target} extrapolates the ladder in "
+                        f"{' and in '.join(parts)}; its intervals carry the calibration's widening "
+                        f"past what the backtests measured."]
+    return out
+
+
 def markdown_table(preds: list[Prediction], reference: dict[str, tuple[float, float]] | None = None) -> str:
     """Accuracy in points (x100). ``reference``: task -> (actual, predicted) of another method,
     in points, shown side by side."""
@@ -66,6 +85,7 @@ def markdown_table(preds: list[Prediction], reference: dict[str, tuple[float, fl
     info = next((p.interval_info for p in preds if p.interval_info), None)
     if info:
         lines += ["", f"Intervals: {info['method']}."]
+    lines += beyond_calibration_lines(preds)
     graded = [p for p in preds if p.grade is not None and p.grade.grade != "reliable"]
     if graded:
         lines += ["", "Trust grades other than reliable:"]

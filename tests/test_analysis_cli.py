@@ -229,3 +229,9 @@ def test_predict_7b_calibrated(olmo_ladder_dir, tmp_path):
     errs = [100 * abs(r["pred_acc"] - r["actual_acc"]) for r in rows]
     assert covered >= 7 and np.mean(errs) <= 2.75 + 1e-6, (covered, errs)
     assert {r["grade"] for r in rows} <= {"reliable", "noisy", "unreliable"}
+    # 5.4x the ladder's largest N, farther than any backtest (760M+1B: 3.4x): said, per axis
+    far = rows[0]["interval"]["beyond_calibration"]
+    assert list(far) == ["log_n_beyond_ladder"] and np.exp(far["log_n_beyond_ladder"]) == \
+        pytest.approx([5.4, 3.4], abs=0.05)
+    assert "Beyond the backtests: 7B-4T extrapolates the ladder in N by 5.4x (the backtests " \
+           "reached 3.4x)" in (out / "report.md").read_text()

@@ -65,6 +65,27 @@ def test_calibration_file_roundtrip_and_bad_file(tmp_path):
     assert Calibration.from_json(cal.to_json()).describe().startswith("90% interval")
 
 
+def test_calibration_says_where_a_prediction_goes_beyond_its_backtests(tmp_path):
+    """The widening is fitted on backtests up to some distance; past it, it is extrapolated,
+    and predictions.json, the report and the W&B table say so."""
+    from analysis.predict import Prediction
+    from analysis.report import markdown_table
+
+    cal = fit_calibration(_records())  # backtests reached dt 1.6 and no N extrapolation
+    assert (cal.dn_max, cal.dt_max) == (0.0, 1.6)
+    assert cal.beyond(0.0, 1.6) == {}
+    assert cal.beyond(0.5, 2.0) == {"log_n_beyond_ladder": [0.5, 0.0],
+                                    "log_tokens_per_param_beyond_ladder": [2.0, 1.6]}
+    p = Prediction("t0", "big", 0.5, 0.4, 0.6, 1.0, interval_info={
+        "level": 0.9, "calibrated": True, "method": cal.describe(),
+        "beyond_calibration": cal.beyond(0.0, np.log(8))})
+    assert ("Beyond the backtests: big extrapolates the ladder in tokens per parameter by 8.0x "
+            "(the backtests reached 5.0x)") in markdown_table([p])
+    old = cal.to_json()  # a file written before the reach was recorded: no claim either way
+    del old["dn_max"], old["dt_max"]
+    assert Calibration.from_json(old).beyond(9.0, 9.0) == {}
+
+
 @pytest.fixture(scope="module")
 def broken(tmp_path_factory):
     """Ladder whose two largest sizes sit above the smaller ones' trend, a 3B target further up."""
@@ -117,3 +138,20 @@ def test_plotted_band_is_the_calibrated_interval(broken):
     assert lo[0] <= p.actual_acc <= hi[0]
     raw_lo, raw_hi = p.interval.band(p.model, np.array([target.n]), np.array([target.d]))
     assert hi[0] - lo[0] > 1.2 * (raw_hi[0] - raw_lo[0])
+
+
+def test_a_calibration_file_without_the_backtests_reach_is_made_again(broken, tmp_path):
+    from analysis.practice.calibrate import ladder_calibration
+    from analysis.twostep import TwoStepConfig
+
+    runs, _, _ = broken
+    cache, said = tmp_path / "calibration.json", []
+    made = ladder_calibration(runs, "hellaswag", TwoStepConfig(), 40, cache, said.append)
+    assert made.dn_max > 0 and "reusing" not in said[-1]
+    assert ladder_calibration(runs, "hellaswag", TwoStepConfig(), 40, cache, said.append) == made
+    assert "reusing" in said[-1]
+    doc = json.loads(cache.read_text())
+    del doc["dn_max"], doc["dt_max"]  # as files written before the reach was recorded
+    cache.write_text(json.dumps(doc))
+    again = ladder_calibration(runs, "hellaswag", TwoStepConfig(), 40, cache, said.append)
+    assert "reusing" not in said[-1] and again.dn_max == made.dn_max

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import struct
 import time
 from pathlib import Path
@@ -112,6 +113,13 @@ def test_table_shows_grade_and_whether_the_interval_is_calibrated():
     from ladder.wandb.report import table_row
     assert [table_row(d)["grade"] for d in preds] == ["noisy", "reliable"]
     assert [table_row(d)["interval_calibrated"] for d in preds] == [True, False]
+    # a target farther beyond the ladder than the calibrating backtests: the table says so
+    far = Prediction("csqa", "7B-4T", 0.79, 0.74, 0.85, 0.73, grade=Grade("reliable"),
+                     interval_info={"level": 0.9, "calibrated": True, "beyond_calibration":
+                                    {"log_n_beyond_ladder": [math.log(5.4), math.log(3.4)]}})
+    preds.append(far.to_json())
+    assert "interval_beyond_backtests" in table_columns(preds)
+    assert [table_row(d)["interval_beyond_backtests"] for d in preds] == [None, None, "N 5.4x > 3.4x"]
 
 
 def test_log_predictions_offline(wandb_env):

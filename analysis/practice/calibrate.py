@@ -101,7 +101,8 @@ def ladder_calibration(runs: list[RunLog], tasks, config: TwoStepConfig, n_boot:
             cal = load_calibration(cache)
         except ValueError:
             cal = None
-        if cal is not None and cal.fingerprint == fingerprint(runs, tasks, config, n_boot):
+        if (cal is not None and cal.fingerprint == fingerprint(runs, tasks, config, n_boot)
+                and cal.dn_max is not None):  # older files lack the backtests' reach
             say(f"calibration: reusing {cache}")
             return cal
     if not extrapolation_scenarios(runs):

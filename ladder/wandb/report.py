@@ -8,6 +8,7 @@ the run is written under ``run_dir/wandb/offline-run-*`` and uploaded later by `
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,9 @@ from typing import Any, Iterable
 from analysis.files import finite_or_none, json_safe
 
 TABLE_COLUMNS = ("task", "target", "grade", "pred_acc", "pred_acc_low", "pred_acc_high",
-                 "interval_calibrated", "pred_loss", "actual_acc", "actual_loss")
+                 "interval_calibrated", "interval_beyond_backtests", "pred_loss", "actual_acc",
+                 "actual_loss")
+AXES = {"log_n_beyond_ladder": "N", "log_tokens_per_param_beyond_ladder": "D/N"}
 REQUIRED = ("task", "target", "pred_acc")
 
 
@@ -47,9 +50,14 @@ def _as_dicts(predictions: Iterable[Any]) -> list[dict[str, Any]]:
 
 def table_row(p: dict[str, Any]) -> dict[str, Any]:
     """A predictions.json entry as a table row: its fields, plus whether its interval was
-    calibrated (a reader must not mistake a raw bootstrap interval for a calibrated one)."""
-    calibrated = (p.get("interval") or {}).get("calibrated")
-    return {**p, "interval_calibrated": calibrated}
+    calibrated (a reader must not mistake a raw bootstrap interval for a calibrated one) and
+    where the target lies farther beyond the ladder than the calibrating backtests reached
+    (e.g. "N 5.4x > 3.4x": its widening is extrapolated too)."""
+    iv = p.get("interval") or {}
+    beyond = iv.get("beyond_calibration") or {}
+    far = ", ".join(f"{AXES.get(k, k)} {math.exp(d):.1f}x > {math.exp(top):.1f}x"
+                    for k, (d, top) in beyond.items()) or None
+    return {**p, "interval_calibrated": iv.get("calibrated"), "interval_beyond_backtests": far}
 
 
 def table_columns(predictions: list[dict[str, Any]]) -> list[str]:
