@@ -27,6 +27,8 @@ from statistics import NormalDist
 import numpy as np
 
 LEVEL = 0.9
+# the extrapolation axes, as predictions.json names them, and as a reader does
+AXES = {"log_n_beyond_ladder": "N", "log_tokens_per_param_beyond_ladder": "tokens per parameter"}
 GRID = (0.0, 0.005, 0.01, 0.015, 0.02, 0.03)  # accuracy per unit of log extrapolation
 
 
@@ -111,8 +113,7 @@ class Calibration:
         """The axes on which a prediction extrapolates farther than any backtest that calibrated
         this interval: {axis: [the prediction's distance, the backtests' largest]}."""
         out = {}
-        for axis, d, top in (("log_n_beyond_ladder", dn, self.dn_max),
-                             ("log_tokens_per_param_beyond_ladder", dt, self.dt_max)):
+        for axis, d, top in zip(AXES, (dn, dt), (self.dn_max, self.dt_max)):
             if top is not None and d > top + 1e-9:
                 out[axis] = [float(d), float(top)]
         return out
@@ -150,6 +151,12 @@ class Calibration:
             raise ValueError(f"{source}: fields {', '.join(missing or sorted(set(d) - known))} "
                              f"missing or unknown")
         return cls(**d)
+
+
+def beyond_factors(beyond: dict[str, list[float]]) -> list[tuple[str, float, float]]:
+    """(axis as a reader names it, the target's factor beyond the ladder, the backtests'
+    largest) for each axis of :meth:`Calibration.beyond`."""
+    return [(AXES.get(k, k), math.exp(d), math.exp(top)) for k, (d, top) in beyond.items()]
 
 
 def fit_calibration(records: list[Record], level: float = LEVEL, grid=GRID,

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from analysis.parallel import default_workers, parallel_map
-from analysis.calibration import extrapolation
+from analysis.calibration import beyond_factors, extrapolation
 from analysis.predict import Prediction
 from analysis.files import atomic_write_text
 
@@ -28,9 +28,6 @@ def _pts(x) -> str:
     return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{100 * x:.2f}"
 
 
-AXES = {"log_n_beyond_ladder": "N", "log_tokens_per_param_beyond_ladder": "tokens per parameter"}
-
-
 def beyond_calibration_lines(preds: list[Prediction]) -> list[str]:
     """Per target, where it lies farther beyond the ladder than any backtest that calibrated its
     interval: there the widening itself is an extrapolation, which the reader must know."""
@@ -39,8 +36,8 @@ def beyond_calibration_lines(preds: list[Prediction]) -> list[str]:
         beyond = next((p.interval_info["beyond_calibration"] for p in preds if p.target == target
                        and p.interval_info.get("beyond_calibration")), None)
         if beyond:
-            parts = [f"{AXES[k]} by {math.exp(d):.1f}x (the backtests reached {math.exp(top):.1f}x)"
-                     for k, (d, top) in beyond.items()]
+            parts = [f"{axis} by {f:.1f}x (the backtests reached {top:.1f}x)"
+                     for axis, f, top in beyond_factors(beyond)]
             out += ["", f"Beyond the backtests: {target} extrapolates the ladder in "
                         f"{' and in '.join(parts)}; its intervals carry the calibration's widening "
                         f"past what the backtests measured."]

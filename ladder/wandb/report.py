@@ -8,18 +8,17 @@ the run is written under ``run_dir/wandb/offline-run-*`` and uploaded later by `
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from analysis.calibration import beyond_factors
 from analysis.files import finite_or_none, json_safe
 
 TABLE_COLUMNS = ("task", "target", "grade", "pred_acc", "pred_acc_low", "pred_acc_high",
                  "interval_calibrated", "interval_beyond_backtests", "pred_loss", "actual_acc",
                  "actual_loss")
-AXES = {"log_n_beyond_ladder": "N", "log_tokens_per_param_beyond_ladder": "D/N"}
 REQUIRED = ("task", "target", "pred_acc")
 
 
@@ -55,8 +54,8 @@ def table_row(p: dict[str, Any]) -> dict[str, Any]:
     (e.g. "N 5.4x > 3.4x": its widening is extrapolated too)."""
     iv = p.get("interval") or {}
     beyond = iv.get("beyond_calibration") or {}
-    far = ", ".join(f"{AXES.get(k, k)} {math.exp(d):.1f}x > {math.exp(top):.1f}x"
-                    for k, (d, top) in beyond.items()) or None
+    far = ", ".join(f"{axis} {f:.1f}x > {top:.1f}x"
+                    for axis, f, top in beyond_factors(beyond)) or None
     return {**p, "interval_calibrated": iv.get("calibrated"), "interval_beyond_backtests": far}
 
 
