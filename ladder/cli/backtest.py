@@ -36,9 +36,6 @@ def add_arguments(p) -> None:
                    help="intermediate step-1 points: also drop checkpoints before TOKENS tokens")
 
 
-OUTPUT_FILES = ("backtest.json", "backtest.md", "calibration.json")
-
-
 def run(args) -> int:
     t0 = time.perf_counter()
     from analysis.fit import FitError
@@ -61,7 +58,7 @@ def run(args) -> int:
         from ladder.cli.predict import check_n_boot
         if args.intervals:
             check_n_boot(args.n_boot)
-        check_output_dir(args.out, OUTPUT_FILES)
+        check_output_dir(args.out)
         args.actual = None
         runs, tasks, _ = load_inputs(args)
         scenarios = ([[s.strip() for s in h.split(",") if s.strip()] for h in args.holdout]
@@ -78,7 +75,7 @@ def run(args) -> int:
         out = Path(args.out)
         doc = {"config": config.to_json(),
                "scenarios": [r.to_json(coverage.get("+".join(r.holdout))) for r in results]}
-        with output_dir(out, OUTPUT_FILES) as tmp:  # the files replace the old set together
+        with output_dir(out, "ladder backtest") as tmp:  # the files replace the old set together
             if lc is not None:
                 from analysis.practice.calibrate import save_calibration
                 doc["calibration"] = lc.calibration.to_json()

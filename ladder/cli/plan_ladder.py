@@ -43,9 +43,6 @@ def _split(text: str) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
 
 
-OUTPUT_FILES = ("plan.json", "plan.md")
-
-
 def run(args) -> int:
     t0 = time.perf_counter()
     from analysis.fit import FitError
@@ -62,7 +59,7 @@ def run(args) -> int:
             raise ValueError(f"--budget-error {args.budget_error}: expected a positive number of points")
         config = config_from_args(args)
         from analysis.files import check_output_dir, output_dir
-        check_output_dir(args.out, OUTPUT_FILES)
+        check_output_dir(args.out)
         args.actual = None
         runs, tasks, _ = load_inputs(args)
         target_c = 6.0 * args.target_n * args.target_d if args.target_n else None
@@ -84,7 +81,7 @@ def run(args) -> int:
             f"{rec.compute / plan.full.compute:.0%} of the full grid's compute, "
             f"MAE {100 * rec.mae:.2f})." if rec else "no grid is within the budget.") + "\n")
     md = "".join(lines)
-    with output_dir(out, OUTPUT_FILES) as tmp:  # written as one set
+    with output_dir(out, "ladder plan-ladder") as tmp:  # written as one set
         atomic_write_text(tmp / "plan.json", json.dumps(doc, indent=2) + "\n")
         atomic_write_text(tmp / "plan.md", md)
         if not args.no_plots:

@@ -138,13 +138,12 @@ def run(args) -> int:
     from analysis.runlog import RunLogError
     try:
         from analysis.predict import Target, predict_target
-        from analysis.report import REPORT_FILES, write_report
+        from analysis.report import write_report
         from analysis.checks import check_actual, check_ladder, check_target, once
         from analysis.files import check_output_dir, output_dir
         config = config_from_args(args)
         check_n_boot(args.n_boot)
-        OWNED = (*REPORT_FILES, CALIBRATION_CACHE)
-        check_output_dir(args.out, OWNED)  # before the work, not after it
+        check_output_dir(args.out)  # before the work, not after it
         runs, tasks, actual = load_inputs(args)
         target = Target(args.target_name, args.target_n, args.target_d)
         warn = once()
@@ -160,7 +159,7 @@ def run(args) -> int:
                                calibration=calibration)
         for p in preds:
             p.warnings = doubts + p.warnings
-        with output_dir(args.out, OWNED) as tmp:  # the whole set replaces the old one
+        with output_dir(args.out, "ladder predict") as tmp:  # the whole set replaces the old one
             files = write_report(preds, tmp, f"Predictions for {target.name}", config,
                                  plots=not args.no_plots)
             cached = Path(args.out) / CALIBRATION_CACHE

@@ -9,7 +9,10 @@ The sweep directory is the unit a user keeps:
   runs/<name>/    one run directory per rung and per trained target (run.json, metrics.jsonl,
                   checkpoints)
   logs/<name>.log the output of each local rung;  slurm/  scripts, job ids, SLURM logs
-  predictions/    predictions.json, report.md, plots (written when every rung is done)
+  predictions/    predictions.json, report.md, plots, calibration.json (written when every
+                  rung is done, as one set)
+  predictions-partial/  the same from the rungs finished so far (`ladder status --predict`),
+                  a set of its own
 
 Rungs are started through the same entry point as ``ladder train``, in their own process, so a
 rung that crashes or is killed costs only that rung, and a rerun resumes it from its checkpoint.
@@ -64,7 +67,13 @@ class Sweep:
 
     @property
     def predictions_dir(self) -> Path:
+        """The final prediction set, written when every rung is done."""
         return self.dir / "predictions"
+
+    @property
+    def partial_predictions_dir(self) -> Path:
+        """Predictions from the rungs finished so far (`ladder status --predict`)."""
+        return self.dir / "predictions-partial"
 
     def rung_job(self, plan: RunPlan, resources: Resources = Resources()) -> Job:
         argv = [sys.executable, "-m", "ladder", "train", str(self.dir / FROZEN_RECIPE),
