@@ -107,14 +107,26 @@ def fail(msg: str) -> int:
     return EXIT_BAD_INPUT
 
 
-def load_inputs(args):
-    """Runs and tasks, or a clean error (file and column named) instead of a traceback."""
-    from analysis.runlog import read_run, read_runs
+def load_inputs(args, warn=None):
+    """Runs and tasks, or a clean error (file and column named) instead of a traceback. A run
+    without an evaluation yet (a rung that has just started, when predicting mid-sweep) is
+    skipped with a warning (``warn``, default: said once on stderr), as long as others remain."""
+    from analysis.checks import once
+    from analysis.runlog import RunLogError, read_run, read_runs
     from analysis.metrics import resolve_tasks
     tasks = resolve_tasks(args.tasks)
     runs = read_runs(args.run_files, getattr(args, "tokens_per_step", None))
+    empty = [r for r in runs if not r.n_evals]
+    if len(empty) == len(runs):
+        raise RunLogError(f"{runs[0].source}: no evaluations yet" + (
+            f", nor in the other {len(runs) - 1} run(s) given" if len(runs) > 1 else "")
+            + "; nothing to fit")
+    for r in empty:
+        (warn or once())(f"{r.source}: no evaluations yet (a run that has just started?); skipped")
     actual = read_run(args.actual) if getattr(args, "actual", None) else None
-    return runs, tasks, actual
+    if actual is not None and not actual.n_evals:
+        raise RunLogError(f"--actual {actual.source}: no evaluations; the target's log is empty")
+    return [r for r in runs if r.n_evals], tasks, actual
 
 
 def resolve_calibration(spec: str, runs, tasks, config, n_boot: int, out):
@@ -145,10 +157,11 @@ def run(args) -> int:
         check_n_boot(args.n_boot)
         OWNED = (*REPORT_FILES, CALIBRATION_CACHE)
         check_output_dir(args.out, OWNED)  # before the work, not after it
-        runs, tasks, actual = load_inputs(args)
+        skipped: list[str] = []  # said with the other doubts, and kept with the predictions
+        runs, tasks, actual = load_inputs(args, skipped.append)
         target = Target(args.target_name, args.target_n, args.target_d)
         warn = once()
-        doubts = check_ladder(runs) + check_target(runs, target.n, target.d, target.name)
+        doubts = skipped + check_ladder(runs) + check_target(runs, target.n, target.d, target.name)
         if actual is not None:
             check_actual(actual, target.n, target.name)
         for m in doubts:
