@@ -138,8 +138,9 @@ def load_inputs(args, warn=None):
         raise RunLogError(f"{runs[0].source}: no evaluations yet" + (
             f", nor in the other {len(runs) - 1} run(s) given" if len(runs) > 1 else "")
             + "; nothing to fit")
+    warn = warn or once()
     for r in empty:
-        (warn or once())(f"{r.source}: no evaluations yet (a run that has just started?); skipped")
+        warn(f"{r.source}: no evaluations yet (a run that has just started?); skipped")
     actual = read_run(args.actual) if getattr(args, "actual", None) else None
     if actual is not None and not actual.n_evals:
         raise RunLogError(f"--actual {actual.source}: no evaluations; the target's log is empty")
