@@ -22,11 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from ladder.strict_yaml import StrictYAMLError, load_yaml_file, load_yaml_text
 
-from ladder.strict_yaml import StrictYAMLError, load_yaml_file
-
-
+MAX_SEED = 2**63  # seeds are signed 64-bit integers where they reach torch and numpy
 
 
 class RecipeError(ValueError):
@@ -245,6 +243,10 @@ class TargetConfig:
              f"must be a known size ({', '.join(_preset_names())})", self.size)
         need(self.d is not None or self.multiplier is not None, "", "needs 'd' (tokens) or 'multiplier'",
              self.name)
+        need(self.n is None or self.n > 0, "n", "must be a positive parameter count", self.n)
+        for key in ("d", "multiplier"):
+            v = getattr(self, key)
+            need(v is None or (v > 0 and math.isfinite(v)), key, "must be a positive number", v)
 
 
 @dataclass
@@ -274,6 +276,8 @@ class Recipe:
         for i, m in enumerate(self.multipliers):
             need(m > 0 and math.isfinite(m), f"multipliers[{i}]", "must be a positive number", m)
         need(bool(self.seeds), "seeds", "must list at least one seed", self.seeds)
+        for i, s in enumerate(self.seeds):
+            need(0 <= s < MAX_SEED, f"seeds[{i}]", "must be in [0, 2^63)", s)
         names = [tg.name for tg in self.targets]
         for i, tg in enumerate(self.targets):
             need(names.count(tg.name) == 1, f"targets[{i}].name", "must be unique", tg.name)
@@ -419,15 +423,15 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
     """``train.lr=3e-3`` -> data['train']['lr'] = 3e-3. Values are parsed as YAML scalars/lists;
     unknown keys are caught by the same validation as the file."""
-    data = json.loads(json.dumps(data))  # deep copy
+    data = json.loads(json.dumps(data))  # deep copy; the loader bounded its expanded size
     for ov in overrides:
         if "=" not in ov:
             raise RecipeError(f"{source}: override {ov!r} must look like KEY=VALUE (e.g. train.lr=1e-3)")
         key, raw = ov.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError as e:
-            raise RecipeError(f"{source}: override {key!r}: cannot parse value {raw!r} ({e})") from e
+        try:  # bounded like the file: an alias bomb in a value is refused before the copy
+            value = load_yaml_text(raw, f"{source}: override {key!r}") if raw != "" else None
+        except StrictYAMLError as e:
+            raise RecipeError(str(e)) from None
         parts = key.strip().split(".")
         node = data
         for i, part in enumerate(parts[:-1]):

@@ -59,7 +59,7 @@ def half_sweep(tmp_path_factory):
 def test_status_predict_on_a_half_finished_sweep(half_sweep):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     res = subprocess.run([sys.executable, "-m", "ladder", "status", str(half_sweep.dir),
-                          "--predict", "--n-boot", "30"], capture_output=True, text=True, env=env,
+                          "--predict", "--n-boot", "40"], capture_output=True, text=True, env=env,
                          timeout=900)
     assert res.returncode == 0, res.stderr
     assert "partial-ladder predictions from 7 of 9 rungs finished" in res.stdout
@@ -145,7 +145,7 @@ def test_an_old_layout_with_predictions_partial_is_predicted_over(half_sweep, tm
     (old / "report.md").write_text("# old\n")
     (sweep.predictions_dir / "calibration.json").write_text("{}\n")
     r = ladder_here("sweep", sweep.dir / "recipe.yaml", "--out", sweep.dir, "--predict-only",
-                    "--n-boot", "30", "--no-plots")
+                    "--n-boot", "40", "--no-plots")
     assert r.returncode == 0, r.stderr
     assert not old.exists() and (sweep.predictions_dir / OUTPUT_MARKER).is_file()
     assert json.loads((sweep.predictions_dir / "predictions.json").read_text())[0]["pred_acc"] > 0

@@ -12,7 +12,8 @@ import json
 import sys
 import time
 
-from ladder.cli.predict import add_config_arguments, add_tokens_argument, config_from_args, fail
+from ladder.cli.predict import (add_config_arguments, add_tokens_argument, config_from_args, fail,
+                                os_error)
 
 
 def add_arguments(p) -> None:
@@ -82,7 +83,9 @@ def run(args) -> int:
                 save_calibration(lc, tmp / "calibration.json")
             atomic_write_text(tmp / "backtest.json", json.dumps(json_safe(doc), indent=2) + "\n")
             atomic_write_text(tmp / "backtest.md", backtest_markdown(results, coverage=coverage))
-    except (RunLogError, KeyError, ValueError, FitError, RuntimeError, OSError) as e:
+    except OSError as e:
+        return fail(os_error(e, args.out))
+    except (RunLogError, KeyError, ValueError, FitError, RuntimeError) as e:
         return fail(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
     for r in results:
         c = coverage.get("+".join(r.holdout))

@@ -19,10 +19,11 @@ def run(args) -> int:
     import json
 
     from ladder.recipe import RecipeError, load_recipe
-    from ladder.sweep.plan import plan_sweep, plan_table, run_flops
 
     try:
-        plan = plan_sweep(load_recipe(args.recipe, args.overrides))
+        recipe = load_recipe(args.recipe, args.overrides)  # a bad recipe waits for no other import
+        from ladder.sweep.plan import plan_sweep, plan_table, run_flops
+        plan = plan_sweep(recipe)
     except (RecipeError, KeyError, ValueError, OSError) as e:
         print(f"ladder plan: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -70,9 +70,11 @@ def _predict_so_far(sweep, n_boot: int) -> int:
     group when the recipe tracks); kept as it is while no further rung has finished."""
     from analysis.fit import FitError
     from analysis.runlog import RunLogError
+    from ladder.cli.predict import check_n_boot
     from ladder.sweep.predict import predict_so_far
 
     try:
+        check_n_boot(n_boot)
         summary, files, fresh = predict_so_far(sweep, n_boot=n_boot,
                                                echo=lambda m: print(m, file=sys.stderr))
     except (RunLogError, ValueError, FitError, RuntimeError) as e:

@@ -42,6 +42,9 @@ def run(args) -> int:
     t0 = time.time()
     try:
         recipe = load_recipe(args.recipe, args.overrides)
+        if not args.no_predict:  # before the training, not after it
+            from ladder.cli.predict import check_n_boot
+            check_n_boot(args.n_boot)
         if args.dry_run:
             return _dry_run(recipe, args)
         if not args.predict_only and not _checks_pass(recipe, args):
