@@ -25,6 +25,9 @@ from typing import Any, Literal
 from ladder.strict_yaml import StrictYAMLError, load_yaml_file, load_yaml_text
 
 MAX_SEED = 2**63  # seeds are signed 64-bit integers where they reach torch and numpy
+# Field metadata: keys that may change between restarts (the one rule: ladder/restarts.py).
+OPERATIONAL = {"restart": "operational"}  # how or where it runs, never its numbers
+LADDER = {"restart": "ladder"}  # which runs the ladder has; a run ignores it, a sweep not
 
 
 class RecipeError(ValueError):
@@ -56,7 +59,7 @@ def _preset_names() -> list[str]:
 
 @dataclass
 class ModelConfig:
-    sizes: list[str] = field(default_factory=lambda: ["tiny-25k"])
+    sizes: list[str] = field(default_factory=lambda: ["tiny-25k"], metadata=LADDER)
     # 'embedded' = a byte-level BPE trained on the corpus and cached; 'olmo' = the OLMo tokenizer
     # JSON shipped in ai2-olmo-eval; otherwise a local directory/tokenizer.json or a hub id.
     tokenizer: str = "embedded"
@@ -125,11 +128,11 @@ class TrainConfig:
     final_lr_fraction: float = 0.1
     decay_fraction: float = 0.2  # wsd: share of steps in the final linear decay
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU
-    compile: bool = False
+    compile: bool = field(default=False, metadata=OPERATIONAL)
     seed: int = 0
     # Intra-op threads on CPU (null = torch's default). Tiny models gain nothing from threads and
     # lose a lot when cores are shared; one thread per run lets a sweep train runs side by side.
-    cpu_threads: int | None = None
+    cpu_threads: int | None = field(default=None, metadata=OPERATIONAL)
 
     def __post_init__(self) -> None:
         need(self.seq_len >= 8, "seq_len", "must be >= 8", self.seq_len)
@@ -168,10 +171,10 @@ class EvaluationConfig:
     count: int = 20  # evenly spaced evaluations per run (plus the final step)
     early: int = 4  # extra log-spaced evaluations before the first evenly spaced one
     interval: int | None = None  # steps; overrides count/early when set
-    batch_size: int = 16  # validation sequences per forward pass
+    batch_size: int = field(default=16, metadata=OPERATIONAL)  # validation sequences per pass
     tasks: str | None = None  # downstream tasks (ladder.eval.scorer); null = validation loss only
     task_limit: int | None = None
-    task_batch_size: int = 16
+    task_batch_size: int = field(default=16, metadata=OPERATIONAL)
 
     def __post_init__(self) -> None:
         need(self.count >= 1, "count", "must be >= 1", self.count)
@@ -251,24 +254,24 @@ class TargetConfig:
 
 @dataclass
 class Recipe:
-    name: str = "ladder"
+    name: str = field(default="ladder", metadata=LADDER)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    multipliers: list[float] = field(default_factory=lambda: [1.0])
-    seeds: list[int] = field(default_factory=lambda: [0])
+    multipliers: list[float] = field(default_factory=lambda: [1.0], metadata=LADDER)
+    seeds: list[int] = field(default_factory=lambda: [0], metadata=LADDER)
     train: TrainConfig = field(default_factory=TrainConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    targets: list[TargetConfig] = field(default_factory=list)
-    sweep: SweepConfig = field(default_factory=SweepConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, metadata=OPERATIONAL)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig, metadata=OPERATIONAL)
+    targets: list[TargetConfig] = field(default_factory=list, metadata=LADDER)
+    sweep: SweepConfig = field(default_factory=SweepConfig, metadata=OPERATIONAL)
     # The SLURM backend's section (cluster defaults, per-size resources), validated by
     # ladder.sweep.slurm.SlurmConfig, which the recipe must not import.
-    slurm: dict[str, Any] = field(default_factory=dict)
+    slurm: dict[str, Any] = field(default_factory=dict, metadata=OPERATIONAL)
     # DDP/FSDP, micro-batch and activation checkpointing per size (operational), validated by
     # ladder.train.parallel.
-    parallel: dict[str, Any] = field(default_factory=dict)
+    parallel: dict[str, Any] = field(default_factory=dict, metadata=OPERATIONAL)
     source: str = field(default="<dict>", metadata={"internal": True})
 
     def __post_init__(self) -> None:
@@ -288,6 +291,7 @@ class Recipe:
         return d
 
     def hash(self) -> str:
+        """Of every key (run.json's recipe_hash); a sweep's science hash is ladder/restarts.py's."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
