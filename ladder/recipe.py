@@ -266,9 +266,10 @@ class Recipe:
     tracking: TrackingConfig = field(default_factory=TrackingConfig, metadata=OPERATIONAL)
     targets: list[TargetConfig] = field(default_factory=list, metadata=LADDER)
     sweep: SweepConfig = field(default_factory=SweepConfig, metadata=OPERATIONAL)
-    # The SLURM backend's section (cluster defaults, per-size resources), validated by
-    # ladder.sweep.slurm.SlurmConfig, which the recipe must not import.
+    # Backends' settings, checked by each backend (ladder/sweep/backend.py): SLURM's (cluster
+    # defaults, per-size resources) in `slurm:`, any other's in `backends.<name>`.
     slurm: dict[str, Any] = field(default_factory=dict, metadata=OPERATIONAL)
+    backends: dict[str, Any] = field(default_factory=dict, metadata=OPERATIONAL)
     # DDP/FSDP, micro-batch and activation checkpointing per size (operational), validated by
     # ladder.train.parallel.
     parallel: dict[str, Any] = field(default_factory=dict, metadata=OPERATIONAL)

@@ -21,37 +21,23 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     from ladder.recipe import RecipeError
-    from ladder.sweep.slurm import JOBS_JSON, SLURM_SUBDIR, SlurmError
-    from ladder.sweep.slurm_status import status
-    from ladder.sweep.local import local_status
+    from ladder.sweep.backend import BackendError, backend_class, backend_of
     from ladder.sweep.plan import SweepError
+    from ladder.sweep.slurm import SlurmError
     from ladder.sweep.sweepdir import load_sweep
 
     try:
         sweep = load_sweep(args.sweep_dir)
-        if (Path(args.sweep_dir) / SLURM_SUBDIR / JOBS_JSON).exists():
-            st = status(args.sweep_dir)
-            print(json.dumps(st.to_json(), indent=2) if args.json else st.table())
-        else:
-            rows = local_status(sweep)
-            if args.json:
-                print(json.dumps(rows, indent=2))
-            else:
-                for r in rows:
-                    tok = f"{r['tokens']:.4g}/{r['target_tokens']:.4g}" if r["tokens"] else "-"
-                    loss = f"{r['loss']:.4f}" if r["loss"] is not None else "-"
-                    print(f"{r['name']:<24} {r['role']:<7} {r['state']:<8} tokens {tok:<20} "
-                          f"loss {loss}  evals {r['evals']}")
+        st = backend_class(backend_of(sweep.dir)).from_plan(sweep.plan).status(sweep)
+        print(json.dumps(st.to_json(), indent=2) if args.json else st.table())
         print(_predictions_line("predictions", sweep.predictions_dir))
         if args.predict:
             return _predict_so_far(sweep, args.n_boot)
         if sweep.partial_predictions_dir.exists():
             print(_predictions_line("partial predictions", sweep.partial_predictions_dir))
         return 0
-    except (SweepError, SlurmError, RecipeError, OSError, ValueError) as e:
+    except (SweepError, SlurmError, RecipeError, BackendError, OSError, ValueError) as e:
         print(f"ladder status: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -80,14 +80,17 @@ class Sweep:
         return Job("predict", tuple(argv), None, resources)
 
 
-def open_sweep(recipe: Recipe, sweep_dir: str | os.PathLike, write: bool = True) -> Sweep:
+def open_sweep(recipe: Recipe, sweep_dir: str | os.PathLike, write: bool = True,
+               backend: str | None = None) -> Sweep:
     """Create the sweep directory, or reopen it if it was made from the same recipe. A sweep
     directory made from a different recipe is refused: mixing runs corrupts the fits.
-    ``write=False`` only reads (`ladder status`: works on a read-only sweep, changes nothing)."""
+    ``write=False`` only reads (`ladder status`: works on a read-only sweep, changes nothing).
+    ``backend`` (the one launching it) is recorded; otherwise the recorded one is kept."""
     d = Path(sweep_dir).resolve()
     plan = plan_sweep(recipe)
     h = science_hash(recipe)
     manifest = d / MANIFEST
+    old: dict = {}
     if manifest.exists():
         try:
             old = json.loads(manifest.read_text())
@@ -115,6 +118,7 @@ def open_sweep(recipe: Recipe, sweep_dir: str | os.PathLike, write: bool = True)
         "recipe_name": recipe.name,
         "recipe_source": str(recipe.source),
         "science_hash": h,  # of the keys that define the ladder's runs (ladder/restarts.py)
+        "backend": backend or old.get("backend"),
         "runs": [{"name": r.name, "role": role, "size": r.size, "multiplier": r.multiplier,
                   "seed": r.seed, "n_params": r.n_params, "target_tokens": r.target_tokens,
                   "run_dir": str(sweep.run_dir(r))} for role, r in plan.all_runs()],
