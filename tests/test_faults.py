@@ -17,7 +17,7 @@ import yaml
 
 from analysis.files import atomic_write_text, output_dir
 from analysis.runlog import RunLogError, read_run
-from ladder.sweep.lock import DirLock, LockHeld, read_holder
+from ladder.lock import DirLock, LockHeld, read_holder
 
 ROOT = Path(__file__).resolve().parents[1]
 VAL = "eval/pystdlib-validation/CrossEntropyLoss"
@@ -105,7 +105,7 @@ def same_evaluations(a: list[dict], b: list[dict]) -> None:
 
 def test_a_directory_lock_names_its_holder_and_dies_with_it(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]);"
-                               "from ladder.sweep.lock import DirLock; DirLock(sys.argv[2]).acquire();"
+                               "from ladder.lock import DirLock; DirLock(sys.argv[2]).acquire();"
                                "print('held', flush=True); time.sleep(60)", str(ROOT), str(tmp_path)],
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"

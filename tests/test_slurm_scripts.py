@@ -17,7 +17,7 @@ import pytest
 from analysis.runlog import RunLogWriter, RunMeta
 from ladder.sweep.launcher import (CHECKPOINT_EXIT_CODE, Job, JobSpecError, Resources,
                              accelerate_launch_argv)
-from ladder.sweep.slurm import SlurmSweep, _task_ids, final_sbatch_options
+from ladder.sweep.slurm import SlurmSweep, task_ids, final_sbatch_options
 from ladder.sweep.slurm_status import DONE, FAILED, QUEUED, REQUEUED, RUNNING, _combine
 from ladder.sweep.rundir import run_state
 
@@ -257,8 +257,8 @@ def test_state_mapping():
     assert _combine(new, "TIMEOUT", 0, True) == FAILED
     assert _combine(new, None, 0, True) == FAILED  # forgotten by SLURM, unfinished
     assert _combine(done, None, 0, True) == DONE
-    assert _task_ids("3") == [3] and _task_ids("2-5%2") == [2, 3, 4, 5]
-    assert _task_ids("0,4-8:2") == [0, 4, 6, 8]
+    assert task_ids("3") == [3] and task_ids("2-5%2") == [2, 3, 4, 5]
+    assert task_ids("0,4-8:2") == [0, 4, 6, 8]
 
 
 def test_jobs_json_format_is_checked(tmp_path):

@@ -38,7 +38,7 @@ def run(args) -> int:
     from ladder.sweep.backend import BackendError, LaunchOptions, backend_class
     from ladder.sweep.launcher import JobSpecError
     from ladder.sweep.local import LocalSweepFailed
-    from ladder.sweep.lock import DirLock, LockHeld
+    from ladder.lock import DirLock, LockHeld
     from ladder.sweep.plan import SweepError, plan_sweep
     from ladder.sweep.slurm import SlurmError
     from ladder.sweep.sweepdir import open_sweep

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from ladder.recipe import RecipeError, load_recipe
     from ladder.train.loop import NonFiniteLossError, train
 
-    from ladder.sweep.lock import LockHeld
+    from ladder.lock import LockHeld
     from ladder.train.binding import RunBindingError
 
     try:

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ladder.units import si
+from ladder.units import si, text_table
 
 GIB = 2 ** 30
 GPU_HEADROOM = 0.9  # of a GPU's memory for the estimate: CUDA context, fragmentation
@@ -164,8 +164,6 @@ def size_estimates(plan, backend=None) -> dict:
 
 
 def size_report(plan, backend=None) -> str:
-    from ladder.sweep.plan import _columns
-
     head = ("size", "nodes", "GPUs/node", "procs", "strategy", "micro", "act.ckpt", "time", "mem",
             "partition", "est. GiB/proc", "(params+grads+optim / activations / logits)")
     rows = [head]
@@ -177,7 +175,7 @@ def size_report(plan, backend=None) -> str:
                      (res.partition or "-") if res else "-", f"{m.total / GIB:.1f}",
                      f"{(m.params + m.grads + m.optimizer) / GIB:.1f} / {m.activations / GIB:.1f} / "
                      f"{m.logits / GIB:.1f}" + (" bf16" if bf16 else " fp32")))
-    return _columns(rows)
+    return text_table(rows)
 
 
 def eval_report(plan) -> str:

@@ -171,7 +171,7 @@ def _dies_with(parent: int):
 def _wait_for_run_dir(job: Job, echo, timeout: float = 600.0) -> None:
     """A rung of a killed sweep may still be writing its checkpoint: wait for it to let go of
     the run directory rather than fail on its lock."""
-    from ladder.sweep.lock import read_holder, wait_for_release
+    from ladder.lock import read_holder, wait_for_release
 
     if job.run_dir is None or not wait_for_release(job.run_dir, 0):
         holder = read_holder(job.run_dir) if job.run_dir else {}
@@ -261,7 +261,7 @@ class LocalBackend:
         (each checkpoints); a rerun resumes them."""
         import socket
 
-        from ladder.sweep.lock import read_holder
+        from ladder.lock import read_holder
 
         holder = read_holder(sweep.dir)
         if not holder or holder.get("host") != socket.gethostname():

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from ladder.recipe import Recipe, RecipeError
 from ladder.runplan import RunPlan, multiplier_label, plan_run
-from ladder.units import si
+from ladder.units import si, text_table
 
 
 class SweepError(RuntimeError):
@@ -126,7 +126,7 @@ def plan_table(plan: SweepPlan) -> str:
         rows.append((r.name + (" (target)" if role == "target" else ""), r.size, si(r.n_params),
                      f"{r.multiplier:g}", si(r.target_tokens), si(r.batch_tokens),
                      str(r.total_steps), f"{r.lr:.3g}", f"{run_flops(r):.3g}"))
-    lines = [_columns(rows), "", f"ladder: {len(plan.rungs)} runs, {plan.ladder_flops:.3g} FLOPs"]
+    lines = [text_table(rows), "", f"ladder: {len(plan.rungs)} runs, {plan.ladder_flops:.3g} FLOPs"]
     for t in plan.targets:
         ratio = plan.ladder_flops / t.flops
         lines.append(f"target {t.name}: N={si(t.n)} D={si(t.d)} FLOPs={t.flops:.3g}; "
@@ -137,9 +137,3 @@ def plan_table(plan: SweepPlan) -> str:
         lines.append(f"all {len(plan.targets)} targets: ladder/targets compute = "
                      f"{100 * plan.ladder_flops / total:.2f}%")
     return "\n".join(lines)
-
-
-def _columns(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
-                               enumerate(zip(r, widths))).rstrip() for r in rows)

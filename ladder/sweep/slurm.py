@@ -377,7 +377,7 @@ def scontrol_jobs(job_id: str) -> list[dict[str, str]]:
     return [dict(_KV.findall(line)) for line in r.stdout.splitlines() if line.strip()]
 
 
-def _task_ids(spec: str) -> list[int]:
+def task_ids(spec: str) -> list[int]:
     """'3' / '2-5' / '0,2,4-6%2' -> task ids."""
     out: list[int] = []
     for part in spec.split("%")[0].split(","):

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ladder.sweep.rundir import RunState, run_state
-from ladder.sweep.slurm import _task_ids, load_jobs, scontrol_jobs
+from ladder.sweep.slurm import task_ids, load_jobs, scontrol_jobs
 from ladder.units import si
 
 # Rung states reported by :func:`status`.
@@ -75,7 +75,7 @@ def _slurm_records(submission: dict[str, Any]) -> dict[str, dict[str, str]]:
     for array in submission.get("arrays", []):
         by_task = {t["task"]: t for t in array["tasks"]}
         for rec in scontrol_jobs(array["job_id"]):
-            for task in _task_ids(rec.get("ArrayTaskId", "")):
+            for task in task_ids(rec.get("ArrayTaskId", "")):
                 if task in by_task:
                     out[by_task[task]["rung"]] = {**rec, "_task": f"{array['job_id']}_{task}",
                                                   "_log": by_task[task]["log"]}

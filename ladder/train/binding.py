@@ -68,7 +68,7 @@ def claim_run_dir(run_dir: Path, meta: RunMeta, main: bool, force_new: bool = Fa
     """Make ``run_dir`` this run's: the main process locks it (a second writer is refused,
     naming the holder) and moves another run aside if ``force_new``; every process then checks
     that the directory holds this run. Returns the lock (main process) or None."""
-    from ladder.sweep.lock import DirLock
+    from ladder.lock import DirLock
 
     lock = DirLock(run_dir).acquire() if main else None
     try:
