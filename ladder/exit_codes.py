@@ -6,6 +6,7 @@ EXIT_ERROR = 1  # unexpected failure, or results written with warnings (e.g. a f
 EXIT_BAD_INPUT = 2  # bad recipe, arguments or data: retrying cannot help
 EXIT_DIVERGED = 3  # training loss became NaN/inf; the last good checkpoint is kept
 EXIT_PREEMPTED = 75  # SIGTERM/SIGUSR1: checkpoint saved, rerun the same command (EX_TEMPFAIL)
+EXIT_INTERRUPTED = 130  # Ctrl-C on an interactive command (128 + SIGINT), as shells report it
 
 # A run's outcome, written by the trainer to <run>/status.json (ladder.train.status) so that a
 # scheduler decides from what happened, not from an exit code a launcher may have rewritten

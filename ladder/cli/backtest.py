@@ -12,6 +12,7 @@ import json
 import sys
 import time
 
+from ladder.exit_codes import EXIT_ERROR, EXIT_OK
 from ladder.cli.predict import (add_config_arguments, add_tokens_argument, config_from_args, fail,
                                 os_error)
 
@@ -101,4 +102,4 @@ def run(args) -> int:
     if bad:
         print(f"warning: {bad} prediction(s) rest on non-converged fits (see backtest.md)",
               file=sys.stderr)
-    return 1 if bad else 0
+    return EXIT_ERROR if bad else EXIT_OK

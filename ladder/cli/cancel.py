@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 
-from ladder.exit_codes import EXIT_BAD_INPUT
+from ladder.exit_codes import EXIT_BAD_INPUT, EXIT_OK
 
 
 def add_arguments(p) -> None:
@@ -28,4 +28,4 @@ def run(args) -> int:
         print(f"ladder cancel: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"{backend.name}: " + (f"stopped {', '.join(stopped)}" if stopped else "nothing running"))
-    return 0
+    return EXIT_OK

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from ladder.exit_codes import EXIT_BAD_INPUT
+from ladder.exit_codes import EXIT_BAD_INPUT, EXIT_OK
 
 
 def positive_int(text: str) -> int:
@@ -129,4 +129,4 @@ def run(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, json.dumps(metrics, indent=1, sort_keys=True) + "\n")  # never half-written
         print(f"ladder eval: {len(metrics)} metrics on {evaluator.n_requests} requests -> {out}")
-    return 0
+    return EXIT_OK

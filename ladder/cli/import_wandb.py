@@ -16,7 +16,7 @@ import os
 import sys
 from typing import NoReturn
 
-from ladder.exit_codes import EXIT_BAD_INPUT
+from ladder.exit_codes import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_OK
 
 
 def _n_override(text: str) -> tuple[str, int]:
@@ -94,7 +94,7 @@ def run(args) -> int:
     print(", ".join(f"{v} {k}" for k, v in counts.items()) + f" -> {args.out}")
     if counts["imported"] or counts["skipped"]:
         print(f"next: ladder predict {args.out}/* --target-name ... --target-n N --target-d D --out DIR")
-    return 1 if counts["failed"] else 0
+    return EXIT_ERROR if counts["failed"] else EXIT_OK
 
 
 def exit_without_wandb_teardown(code: int) -> NoReturn:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ladder.exit_codes import EXIT_BAD_INPUT
+from ladder.exit_codes import EXIT_BAD_INPUT, EXIT_OK
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  train MSE {m['mse_train']:.4e}   test MSE {m['mse_test']:.4e}   test MAE {m['mae_test']:.4f}")
     print(f"  {m['interval']['level']:.0%} interval coverage on test: {m['interval']['coverage_test']:.0%}")
     print(f"  fit {m['fit_seconds'] * 1e3:.1f} ms; results in {args.out}")
-    return 0
+    return EXIT_OK
 
 
 def _check_table(table, args) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 
-from ladder.exit_codes import EXIT_BAD_INPUT
+from ladder.exit_codes import EXIT_BAD_INPUT, EXIT_OK
 
 
 def add_arguments(p) -> None:
@@ -54,4 +54,4 @@ def run(args) -> int:
         print(size_report(plan, backend))
         print()
         print(eval_report(plan))
-    return 0
+    return EXIT_OK

@@ -16,6 +16,7 @@ import json
 import sys
 import time
 
+from ladder.exit_codes import EXIT_OK
 from ladder.cli.predict import _number, add_config_arguments, config_from_args, fail, os_error
 
 
@@ -99,4 +100,4 @@ def run(args) -> int:
     if bad:
         print(f"warning: non-converged fits in grid(s) {', '.join(bad)} (marked n.c.)",
               file=sys.stderr)
-    return 0
+    return EXIT_OK

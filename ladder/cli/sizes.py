@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ladder.exit_codes import EXIT_BAD_INPUT
+from ladder.exit_codes import EXIT_BAD_INPUT, EXIT_OK
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     if args.json:
         print(json.dumps(rows, indent=2))
-        return 0
+        return EXIT_OK
     head = ["name", "d_model", "layers", "heads", "mlp", "vocab", "N", "non-embedding N", "FLOPs/token", "seq"]
     keys = ["name", "d_model", "n_layers", "n_heads", "mlp_hidden", "vocab_size", "n_params",
             "n_nonembed", "flops_per_token", "seq_len"]
@@ -38,4 +38,4 @@ def run(args: argparse.Namespace) -> int:
         print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(t, widths))))
     print("N counts every weight with the embedding once and no output head (the ladder paper's count); "
           "FLOPs/token = 6 x matmul weights (head included) + attention, for training.")
-    return 0
+    return EXIT_OK

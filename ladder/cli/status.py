@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ladder.exit_codes import EXIT_BAD_INPUT
+from ladder.exit_codes import EXIT_BAD_INPUT, EXIT_OK
 
 
 def add_arguments(p) -> None:
@@ -36,7 +36,7 @@ def run(args) -> int:
             return _predict_so_far(sweep, args.n_boot)
         if sweep.partial_predictions_dir.exists():
             print(_predictions_line("partial predictions", sweep.partial_predictions_dir))
-        return 0
+        return EXIT_OK
     except (SweepError, SlurmError, RecipeError, BackendError, OSError, ValueError) as e:
         print(f"ladder status: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -69,4 +69,4 @@ def _predict_so_far(sweep, n_boot: int) -> int:
     print(summary)
     print(f"partial predictions: {files['json']}"
           + ("" if fresh else " (no rung has finished since they were made)"))
-    return 0
+    return EXIT_OK

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import time
 
-from ladder.exit_codes import EXIT_BAD_INPUT
+from ladder.exit_codes import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
 
 
 def add_arguments(p) -> None:
@@ -62,12 +62,12 @@ def run(args) -> int:
                 return _predict(open_sweep(recipe, out), args, t0)
             sweep = open_sweep(recipe, out, backend=backend.name)
             if not backend.launch(sweep, options, echo=lambda m: print(m, flush=True)):
-                return 0  # submitted: the rungs and the prediction run elsewhere
+                return EXIT_OK  # submitted: the rungs and the prediction run elsewhere
             print(f"all runs done in {time.time() - t0:.0f}s", flush=True)
-            return 0 if args.no_predict else _predict(sweep, args, t0)
+            return EXIT_OK if args.no_predict else _predict(sweep, args, t0)
     except LocalSweepFailed as e:
         print(e, file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     except (RecipeError, SweepError, RunLogError, JobSpecError, SlurmError, BackendError, OSError,
             ValueError, KeyError, LockHeld) as e:
         print(f"ladder sweep: error: {e.args[0] if isinstance(e, KeyError) else e}",
@@ -75,7 +75,7 @@ def run(args) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("\ninterrupted: rerun the same command to resume", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def _predict(sweep, args, t0) -> int:
@@ -96,7 +96,7 @@ def _predict(sweep, args, t0) -> int:
     if pngs:
         print("plots: " + ", ".join(pngs))
     print(f"total {time.time() - t0:.0f}s")
-    return 1 if any(not p.converged for p in preds) else 0
+    return EXIT_ERROR if any(not p.converged for p in preds) else EXIT_OK
 
 
 def _checks_pass(plan, backend, args, echo=lambda m: print(m, file=sys.stderr)) -> bool:
@@ -130,4 +130,4 @@ def _dry_run(plan, backend, options, args) -> int:
     print(backend.render(sweep, options))
     ok = _checks_pass(plan, backend, args, echo=print)
     print(f"\ndry run: nothing written or submitted; checks {'passed' if ok else 'FAILED'}")
-    return 0 if ok else EXIT_BAD_INPUT
+    return EXIT_OK if ok else EXIT_BAD_INPUT

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from ladder.data.errors import DataError
     from ladder.data.tokenize import tokenize_corpus
     from ladder.data.tokenizer import load_tokenizer
-    from ladder.exit_codes import EXIT_BAD_INPUT
+    from ladder.exit_codes import EXIT_BAD_INPUT, EXIT_OK
     from ladder.recipe import ModelConfig
 
     t0, seen = time.perf_counter(), [0, 0]
@@ -53,4 +53,4 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.out}: {m['tokens']:,} tokens, {m['documents']:,} documents in {len(m['files'])} "
           f"{m['dtype']} files ({dt:.1f} s, {m['tokens'] / max(dt, 1e-9):,.0f} tokens/s); train with "
           f"data.source=tokens data.path={args.out}")
-    return 0
+    return EXIT_OK
