@@ -20,12 +20,10 @@ def predict_sweep(sweep: Sweep, *, n_boot: int = 200, plots: bool = True, echo=p
                   calibrate: bool = True):
     """Fit on the rungs only (never on a target's run) and predict every target. Writes
     predictions/ and returns the predictions."""
-    import shutil
-
     from analysis.predict import Target, predict_targets
     from analysis.checks import check_ladder, check_target, once
     from analysis.files import output_dir
-    from analysis.practice.calibrate import ladder_calibration
+    from analysis.practice.calibrate import ladder_calibration, save_calibration
     from analysis.report import REPORT_FILES, write_report
     from analysis.runlog import read_run
     from analysis.twostep import TwoStepConfig
@@ -56,8 +54,8 @@ def predict_sweep(sweep: Sweep, *, n_boot: int = 200, plots: bool = True, echo=p
         p.warnings = doubts[p.target] + p.warnings
     with output_dir(out, (*REPORT_FILES, CALIBRATION_FILE)) as tmp:  # replaces the old set whole
         files = write_report(preds, tmp, f"{sweep.recipe.name}: predictions", plots=plots)
-        if cal is not None and cached.exists():  # the calibration stays with the set it made
-            shutil.copy2(cached, tmp / CALIBRATION_FILE)
+        if cal is not None:  # the calibration used goes into the set it made, never in place
+            save_calibration(cal, tmp / CALIBRATION_FILE)
     files = {k: out / f.name for k, f in files.items()}
     _log_to_wandb(sweep, preds, files, echo)
     return preds, files
