@@ -89,12 +89,13 @@ def read_task_spec(path) -> tuple[dict[str, TaskSpec], dict[str, tuple[str, ...]
         if unknown:
             raise TaskSpecError(f"{where}: unknown key '{sorted(unknown)[0]}' (expected "
                                 f"{', '.join(sorted(_FIELDS))})")
+        acc = _columns(d["accuracy"], where + ".accuracy")
+        loss = _columns(d["loss"], where + ".loss") if d.get("loss") else ()
+        chance = _chance(d, where)
         try:
-            tasks[str(name)] = TaskSpec(str(name), _columns(d["accuracy"], where + ".accuracy"),
-                                        _columns(d["loss"], where + ".loss") if d.get("loss") else (),
-                                        _chance(d, where), str(d.get("metric") or ""))
-        except ValueError as e:
-            raise TaskSpecError(f"{where}: {e}") from None
+            tasks[str(name)] = TaskSpec(str(name), acc, loss, chance, str(d.get("metric") or ""))
+        except ValueError as e:  # weights: the declaration's own checks
+            raise TaskSpecError(f"--task-spec {p}: {e}") from None
     sets = {}
     for name, members in (doc.get("sets") or {}).items():
         if not (isinstance(members, list) and members and all(m in tasks or m in builtin_tasks()

@@ -95,6 +95,10 @@ def read_harness_dir(root: Path, runs_info: dict[str, RunInfo] | None = None,
         if not isinstance(doc, dict):
             raise RunLogError(f"{f}: not lm-evaluation-harness output (expected a JSON object)")
         key, metrics = _identity(doc, f, root), _metrics(doc, f)
+        if key in evals and key[1] is None and set(metrics) & set(evals[key][0]):
+            raise RunLogError(f"{root}: run '{key[0]}' has several results files of the same tasks "
+                              f"({evals[key][1].name}, {f.name}) that do not name their checkpoint "
+                              f"(revision=stepN, or a stepN/ directory)")
         if key in evals:  # tasks evaluated in separate calls: one evaluation
             old, src = evals[key]
             clash = [k for k in metrics if k in old and old[k] != metrics[k]]

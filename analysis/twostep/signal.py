@@ -29,6 +29,7 @@ LEAVE_CHANCE_SCATTERS = 3.0  # ... and sit this many evaluation scatters above c
 WEAK_TREND = -0.5  # a feature whose tau with compute is above this falls only weakly
 TAIL = 0.2  # scatter: the last 20% of evaluations of the largest runs (at least 5)
 MIN_SCATTER_POINTS = 4  # a detrended SD needs at least this many distinct evaluations
+COPIES = 1e-9  # a scatter below this share of the level is float rounding of repeated rows
 
 
 def _first_bad(s: RunSeries, values: np.ndarray, bad: np.ndarray, what: str, col: str) -> RunLogError:
@@ -77,8 +78,11 @@ def end_scatter(series: list[RunSeries], values, relative: bool = False) -> floa
         k = min(s.tokens.size, max(5, int(round(TAIL * s.tokens.size))))
         y = np.asarray(values(s), float)[-k:]
         sd = _detrended_sd(np.log(s.tokens[-k:]), y)
-        sds.append(sd / abs(float(np.mean(y))) if relative else sd)
-    sds = [v for v in sds if np.isfinite(v) and v > 0]
+        level = abs(float(np.mean(y)))
+        if not sd > COPIES * level:  # rounding noise of repeated rows: not a measurement
+            sd = float("nan")
+        sds.append(sd / level if relative else sd)
+    sds = [v for v in sds if np.isfinite(v)]
     return float(np.mean(sds)) if sds else float("nan")
 
 
