@@ -306,3 +306,16 @@ def test_malformed_inputs_give_one_line_and_exit_2(lab, ladder_here, tmp_path):
     r = ladder_here("predict", lab["wide"], "--target", "1B:big:1e11", "--out", tmp_path / "out")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()  # nothing written by any of them
+
+
+def test_bench_any_ladder_smoke():
+    """The benchmark behind the defaults' documentation runs (one small synthetic ladder)."""
+    import os
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "tests" / "benchmarks" / "bench_any_ladder.py"),
+                        "--smoke"], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(root)})
+    assert r.returncode == 0, r.stderr
+    assert "far targets" in r.stdout and "in-ladder" in r.stdout and "by grade: reliable" in r.stdout

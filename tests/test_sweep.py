@@ -160,3 +160,19 @@ def test_rerun_skips_finished_rungs_and_status_reports_them(micro_sweep):
     s = ladder_cli("status", out, "--json")
     rows = json.loads(s.stdout.split("\npredictions:")[0])
     assert {x["state"] for x in rows} == {"done"} and len(rows) == 5
+
+
+def test_val_ce_feature_on_the_sweeps_own_runs(micro_sweep, ladder_here, tmp_path):
+    """Ladder's runs log eval/<data.name>-validation/CrossEntropyLoss: --feature val_ce reads it."""
+    out, _ = micro_sweep
+    manifest = json.loads((out / "sweep.json").read_text())
+    rungs = [r["run_dir"] for r in manifest["runs"] if r["name"] != "tiny-43k-1xC"]
+    target = next(r for r in manifest["runs"] if r["name"] == "tiny-43k-1xC")
+    meta = json.loads((Path(target["run_dir"]) / "run.json").read_text())
+    r = ladder_here("predict", *rungs, "--feature", "val_ce", "--target",
+                    f"micro-target:{meta['n_params']}:{meta['target_tokens']}", "--actual",
+                    target["run_dir"], "--n-boot", "40", "--no-plots", "--out", tmp_path / "p")
+    assert r.returncode in (0, 1), r.stderr
+    (p,) = json.loads((tmp_path / "p" / "predictions.json").read_text())
+    assert p["loss_metric"].startswith("eval/") and p["loss_metric"].endswith("-validation/CrossEntropyLoss")
+    assert p["actual_loss"] > 0 and 0 < p["pred_acc"] < 1
