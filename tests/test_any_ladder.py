@@ -153,7 +153,7 @@ def test_two_targets_in_one_call_equal_two_single_calls(lab, ladder_here, tmp_pa
     """One fit and one calibration for both targets; the same numbers as one call per target,
     whose second call reuses the calibration although its --out is new."""
     monkeypatch.setenv("LADDER_CALIBRATION_CACHE", str(tmp_path / "cache"))
-    args = (lab["wide"], "--task-spec", lab["spec"], "--tasks", "mine", *QUICK)
+    args = (lab["final"], "--task-spec", lab["spec"], "--tasks", "mine", *QUICK)
     targets = {"1B": "1B:1.28e9:1.3e11", "3B": "3B:3.17e9:6e11"}
     r = ladder_here("predict", *args, "--target", targets["1B"], "--target", targets["3B"],
                     "--out", tmp_path / "both")
@@ -169,6 +169,29 @@ def test_two_targets_in_one_call_equal_two_single_calls(lab, ladder_here, tmp_pa
     assert len(list((tmp_path / "cache").glob("*.json"))) == 1
     cal = json.loads((tmp_path / "both" / "calibration.json").read_text())  # the one used, in the set
     assert cal["fingerprint"] == next((tmp_path / "cache").glob("*.json")).stem
+
+
+def test_a_failing_prediction_leaves_the_old_set_and_its_calibration(lab, ladder_here, tmp_path,
+                                                                    monkeypatch):
+    """The calibration is made into the content cache and copied into the new output set only:
+    a prediction that fails after calibrating leaves --out exactly as it was."""
+    import analysis.predict
+
+    monkeypatch.setenv("LADDER_CALIBRATION_CACHE", str(tmp_path / "cache"))
+    out, args = tmp_path / "out", ("--task-spec", lab["spec"], "--tasks", "mine", *TARGET, *QUICK)
+    assert ladder_here("predict", lab["final"], *args, "--out", out).returncode == 0
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    assert "calibration.json" in before
+    other = F.wide_csv(F.final_only(F.rows(seed=1)), tmp_path / "other.csv")  # a new calibration
+
+    def broken(*a, **k):
+        raise RuntimeError("disk went away")
+
+    monkeypatch.setattr(analysis.predict, "predict_targets", broken)
+    r = ladder_here("predict", other, *args, "--out", out)
+    assert r.returncode == 2 and "disk went away" in r.stderr
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 2  # made, and kept in the cache
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
 
 
 def test_near_chance_task_is_refused_not_run_to_the_ceiling(lab, ladder_here, tmp_path):
