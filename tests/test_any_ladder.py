@@ -342,3 +342,16 @@ def test_bench_any_ladder_smoke():
                        env={**os.environ, "PYTHONPATH": str(root)})
     assert r.returncode == 0, r.stderr
     assert "far targets" in r.stdout and "in-ladder" in r.stdout and "by grade: reliable" in r.stdout
+
+
+def test_bench_multi_target_smoke():
+    """The benchmark of several targets in one call runs, and every way agrees."""
+    import os
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "tests" / "benchmarks" / "bench_multi_target.py"),
+                        "--smoke"], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(root)})
+    assert r.returncode == 0, r.stderr
+    assert "every way gave the same predictions" in r.stdout and "two calls, each calibrating" in r.stdout
