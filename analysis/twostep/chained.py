@@ -24,7 +24,7 @@ from analysis.twostep.step2 import step2_data
 class TaskModel:
     """Fitted step 1 and step 2 (or a single law) for one task. ``refused`` says why the task
     was not fitted at all (the ladder shows nothing to extrapolate, ``signal``); the direct
-    method fits no step 1 or 2."""
+    method fits steps 1 and 2 only where the runs have the feature (for its noise term)."""
 
     task: TaskSpec
     config: TwoStepConfig
@@ -105,8 +105,7 @@ def _fit_task(runs, task, config) -> TaskModel:
     cfg = config.validate()
     if len(runs) < 2:
         raise ValueError(f"need at least 2 ladder runs to fit, got {len(runs)}")
-    # the direct method reads accuracies only: a ladder without any task loss can use it
-    feature = None if cfg.mode == "direct" else resolve_feature(cfg.feature, task, runs)
+    feature = _feature(cfg, task, runs)
     series = [run_series(r, task, feature, cfg.min_evals) for r in runs]
     check_values(series, task, feature)
     floor = None
@@ -118,18 +117,31 @@ def _fit_task(runs, task, config) -> TaskModel:
     model = TaskModel(task, cfg, series, feature, ladder_signal(series, task.chance, cfg.last))
     if model.refused:
         return model
+    if feature is not None:
+        _fit_two_steps(model, floor)
     if cfg.mode == "direct":
         law = DirectLaw() if cfg.direct_exponents == "tied" else FreeDirectLaw()
         fin_n, fin_d, fin_acc = final_points(series, cfg.last)
         model.single = _fit_quiet(law, fin_n, fin_d, y=fin_acc)
-    else:
-        _fit_two_steps(model, floor)
     for label, law in (("step 1", model.step1), ("step 2", model.step2),
                        (cfg.mode + " law", model.single)):
         if law is not None and not law.converged_:
             model.warnings.append(f"{task.name}: {label} ({type(law).__name__}) did not "
                                   f"converge: {law.result_.summary()}")
     return model
+
+
+def _feature(cfg: TwoStepConfig, task: TaskSpec, runs) -> Feature | None:
+    """The ladder's feature. The direct method needs none: where the runs have it, its two-step
+    fit still gives the evaluation-noise term of the interval (as it always did), and where they
+    do not (accuracies only) it is fitted without it."""
+    if cfg.mode != "direct":
+        return resolve_feature(cfg.feature, task, runs)
+    try:
+        f = resolve_feature(cfg.feature, task, runs)
+    except (KeyError, ValueError):
+        return None
+    return f if all(r.has(c) for r in runs for c, _ in f.columns) else None
 
 
 def _fit_two_steps(model: TaskModel, floor: float | None) -> None:
