@@ -154,7 +154,7 @@ def predict_targets(runs: list[RunLog], targets: list[Target], tasks="paper",
                     p.grade = grade_task(name, noise, calibration=calibration,
                                          converged=m.converged, signal=m.signal,
                                          dropped_frac=p.interval_info.get("dropped_frac", 0.0),
-                                         pred_acc=p.pred_acc,
+                                         pred_acc=p.pred_acc, knee=_knee(m),
                                          no_interval=p.interval_info.get("unavailable"))
         return out
 
@@ -172,6 +172,14 @@ def predict_targets(runs: list[RunLog], targets: list[Target], tasks="paper",
                 warn(m)
         out += preds
     return out
+
+
+def _knee(model: TaskModel) -> float | None:
+    """The accuracy at the chained link's inflection (halfway between its asymptotes)."""
+    if model.single is not None or model.step2 is None:
+        return None
+    par = model.step2.params_
+    return 0.5 * (par["lo"] + par["hi"])
 
 
 def _point(model, name, task, target, actual, fit_n, fit_d) -> Prediction:

@@ -91,10 +91,11 @@ class Grade:
 
 def grade_task(task: str, noise: TaskNoise, *, calibration=None, converged: bool = True,
                dropped_frac: float = 0.0, signal=None, pred_acc: float | None = None,
-               no_interval: str | None = None) -> Grade:
+               no_interval: str | None = None, knee: float | None = None) -> Grade:
     """The grade and every reason for it (a reliable task lists what was checked, and what
     could not be measured). ``signal``: the task's :class:`analysis.twostep.signal.Signal`;
-    ``pred_acc``: the prediction, for how far it climbs above the ladder."""
+    ``pred_acc``: the prediction, for how far it climbs above the ladder; ``knee``: the
+    accuracy at the fitted link's inflection, to say when the ladder never reached it."""
     m = {"acc_noise_sd": noise.acc_sd, "feature_noise_rel_sd": noise.feature_rel_sd,
          "ladder_span": noise.span, "ladder_best": noise.best, "snr": noise.snr,
          "bootstrap_dropped": dropped_frac, "scatter_measured": noise.measured}
@@ -111,7 +112,7 @@ def grade_task(task: str, noise: TaskNoise, *, calibration=None, converged: bool
         bad.append(f"{dropped_frac:.0%} of bootstrap refits did not converge")
     if no_interval:
         bad.append(no_interval)
-    bad += _gain(noise, pred_acc, m)
+    bad += _gain(noise, pred_acc, m, knee)
     if calibration is not None:
         bad += _backtests(task, noise, calibration, m)
     if not noise.measured:
@@ -136,7 +137,7 @@ def grade_task(task: str, noise: TaskNoise, *, calibration=None, converged: bool
     return Grade("reliable", checked + unmeasured, m)
 
 
-def _gain(noise: TaskNoise, pred_acc: float | None, m: dict) -> list[str]:
+def _gain(noise: TaskNoise, pred_acc: float | None, m: dict, knee: float | None) -> list[str]:
     """A prediction far above everything the ladder reached rests on the link's assumed shape."""
     if pred_acc is None or not math.isfinite(pred_acc) or not noise.span > 0:
         return []
@@ -144,9 +145,13 @@ def _gain(noise: TaskNoise, pred_acc: float | None, m: dict) -> list[str]:
     m["gain_over_span"] = ratio
     if ratio <= GAIN_MAX:
         return []
+    past = ""
+    if knee is not None and noise.best < knee < pred_acc:
+        past = (f", past the sigmoid's knee ({100 * knee:.1f}) that the ladder never reached: its "
+                f"upper half is the lower half's mirror image, not a fit")
     return [f"the prediction is {100 * (pred_acc - noise.best):.1f} points above the ladder's best "
             f"run, {ratio:.1f}x the range the ladder's accuracies span (> {GAIN_MAX:g}): that far up "
-            f"the sigmoid's shape is assumed, not seen"]
+            f"the sigmoid's shape is assumed, not seen{past}"]
 
 
 def _backtests(task: str, noise: TaskNoise, calibration, m: dict) -> list[str]:
