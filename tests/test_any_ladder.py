@@ -331,27 +331,25 @@ def test_malformed_inputs_give_one_line_and_exit_2(lab, ladder_here, tmp_path):
     assert not (tmp_path / "out").exists()  # nothing written by any of them
 
 
-def test_bench_any_ladder_smoke():
-    """The benchmark behind the defaults' documentation runs (one small synthetic ladder)."""
+def _smoke(script: str) -> str:
+    """A benchmark script's --smoke run (the default suite runs each); its stdout."""
     import os
     import subprocess
     import sys
     root = Path(__file__).resolve().parents[1]
-    r = subprocess.run([sys.executable, str(root / "tests" / "benchmarks" / "bench_any_ladder.py"),
-                        "--smoke"], capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "PYTHONPATH": str(root)})
+    r = subprocess.run([sys.executable, str(root / "tests" / "benchmarks" / script), "--smoke"],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(root)})
     assert r.returncode == 0, r.stderr
-    assert "far targets" in r.stdout and "in-ladder" in r.stdout and "by grade: reliable" in r.stdout
+    return r.stdout
+
+
+def test_bench_any_ladder_smoke():
+    """The benchmark behind the defaults' documentation runs (one small synthetic ladder)."""
+    out = _smoke("bench_any_ladder.py")
+    assert "far targets" in out and "in-ladder" in out and "by grade: reliable" in out
 
 
 def test_bench_multi_target_smoke():
     """The benchmark of several targets in one call runs, and every way agrees."""
-    import os
-    import subprocess
-    import sys
-    root = Path(__file__).resolve().parents[1]
-    r = subprocess.run([sys.executable, str(root / "tests" / "benchmarks" / "bench_multi_target.py"),
-                        "--smoke"], capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "PYTHONPATH": str(root)})
-    assert r.returncode == 0, r.stderr
-    assert "every way gave the same predictions" in r.stdout and "two calls, each calibrating" in r.stdout
+    out = _smoke("bench_multi_target.py")
+    assert "every way gave the same predictions" in out and "two calls, each calibrating" in out
