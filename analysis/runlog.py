@@ -368,6 +368,11 @@ def _validated(run: RunLog, tokens_name: str = TOKENS) -> RunLog:
     return run
 
 
+def validated(run: RunLog) -> RunLog:
+    """A run log built by another importer (analysis.sources), checked as every reader's are."""
+    return _validated(run)
+
+
 ACCURACY_PREFIX = "eval/downstream/"  # accuracy columns (fractions); bpb etc. live elsewhere
 
 

@@ -14,7 +14,9 @@ FEATURES = ("bpb", "val_ce", "task_ce")
 class TwoStepConfig:
     """How to fit. Defaults are the choices the backtests support (docs/analysis.md)."""
 
-    feature: Literal["bpb", "val_ce", "task_ce"] = "bpb"  # intermediate feature: bpb (task bits per byte) | val_ce | task_ce
+    # intermediate feature: bpb (the task's own loss: bits per byte for OLMES) | val_ce (the runs'
+    # validation loss) | task_ce (-soft_log) | the name of any loss column every run has
+    feature: str = "bpb"
     step1: Literal["chinchilla", "compute"] = "chinchilla"  # chinchilla (N, D) | compute (C = 6ND)
     step1_exponents: Literal["tied", "free", "auto"] = "tied"  # tied (alpha = beta) | free | auto (tied if < 3 sizes)
     step1_points: Literal["intermediate", "final"] = "intermediate"  # intermediate (D >= step1_min_frac x final) | final
@@ -29,10 +31,13 @@ class TwoStepConfig:
     last: int = 5  # evaluations averaged for a run's final value (and a target's actual)
     mode: Literal["chained", "single", "direct"] = "chained"  # chained | single (single-step) | direct (arXiv 2512.08894)
     direct_exponents: Literal["tied", "free"] = "tied"  # direct: alpha = beta, or the paper's free pair
-    min_evals: int = 5  # a run with fewer evaluations is rejected
+    min_evals: int = 1  # a run with fewer evaluations is rejected (final-only ladders: 1)
 
     def __post_init__(self) -> None:
-        for k in ("feature", "step1", "step1_points", "step1_exponents", "link", "link_floor",
+        if not isinstance(self.feature, str) or not self.feature.strip():
+            raise ValueError(f"TwoStepConfig.feature={self.feature!r}; expected one of "
+                             f"{', '.join(FEATURES)} or a column name")
+        for k in ("step1", "step1_points", "step1_exponents", "link", "link_floor",
                   "link_ceiling", "mode", "direct_exponents"):
             allowed = typing.get_args(_FIELD_TYPES[k])
             if getattr(self, k) not in allowed:
@@ -42,8 +47,9 @@ class TwoStepConfig:
                 and self.step1_per_run >= 1):
             raise ValueError("TwoStepConfig: need 0 <= step1_min_frac <= 1, step1_min_tokens >= 0, "
                              "step1_per_run >= 1")
-        if not 0 <= self.step2_skip < 1 or self.smooth < 1 or self.last < 1:
-            raise ValueError("TwoStepConfig: need 0 <= step2_skip < 1, smooth >= 1, last >= 1")
+        if not 0 <= self.step2_skip < 1 or self.smooth < 1 or self.last < 1 or self.min_evals < 1:
+            raise ValueError("TwoStepConfig: need 0 <= step2_skip < 1, smooth >= 1, last >= 1, "
+                             "min_evals >= 1")
 
     def validate(self) -> "TwoStepConfig":
         """Checked on construction; kept so callers written before that still read naturally."""

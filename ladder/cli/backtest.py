@@ -12,17 +12,16 @@ import json
 import sys
 import time
 
+from ladder.cli.predict import (RUN_FILES_HELP, TASKS_HELP, add_config_arguments, add_tokens_argument,
+                                config_from_args, fail, os_error)
 from ladder.exit_codes import EXIT_ERROR, EXIT_OK
-from ladder.cli.predict import (add_config_arguments, add_tokens_argument, config_from_args, fail,
-                                os_error)
 
 
 def add_arguments(p) -> None:
-    p.add_argument("run_files", nargs="+", metavar="RUN_FILES",
-                   help="ladder runs: OLMo-ladder W&B CSV exports or run directories")
+    p.add_argument("run_files", nargs="+", metavar="RUN_FILES", help=RUN_FILES_HELP)
     p.add_argument("--holdout", action="append", metavar="SIZES",
                    help="comma-separated model sizes to hold out (repeatable: one scenario each)")
-    p.add_argument("--tasks", default="paper")
+    p.add_argument("--tasks", default="auto", help=TASKS_HELP)
     p.add_argument("--out", required=True, metavar="DIR")
     add_tokens_argument(p)
     p.add_argument("--intervals", action="store_true",
