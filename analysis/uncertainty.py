@@ -40,11 +40,10 @@ class Interval:
 
     def band(self, model: TaskModel, n, d, level: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
         """(low, high) of the chained accuracy along a curve of (n, d) points."""
-        x_in = model._step1_input(n, d)
         if model.single is not None:
-            acc = model.single.predict_theta(self.thetas[0], *model._single_input(n, d))
+            acc = model.single.predict_theta(self.thetas[0], *model.single.inputs(n, d))
         else:
-            loss = model.step1.predict_theta(self.thetas[0], *x_in)  # (B, m)
+            loss = model.step1.predict_theta(self.thetas[0], *model.step1.inputs(n, d))  # (B, m)
             acc = np.stack([model.step2.predict_theta(self.thetas[1][b:b + 1], loss[b])[0]
                             for b in range(len(loss))])
         acc = acc + self.noise_draws[:, None]
@@ -147,13 +146,13 @@ def _samples(model: TaskModel, n, d, fits, rng, n_boot: int, n_actual_evals: int
     """Replicate predictions at the targets from the refits, plus the evaluation noise."""
     if model.single is not None:  # single step / direct: one point per run
         th, ok = fits[0]
-        acc = model.single.predict_theta(th, *model._single_input(n, d))
+        acc = model.single.predict_theta(th, *model.single.inputs(n, d))
         loss = np.full_like(acc, np.nan)
         thetas = (th,)
     else:
         (th1, ok1), (th2, ok2) = fits
         ok = ok1 & ok2
-        loss = model.step1.predict_theta(th1, *model._step1_input(n, d))  # (B, m)
+        loss = model.step1.predict_theta(th1, *model.step1.inputs(n, d))  # (B, m)
         # step 2 of replicate b at step 1's predictions of replicate b
         acc = sigmoid_rows(model.step2, th2, loss)
         thetas = (th1, th2)
@@ -174,14 +173,14 @@ def _samples(model: TaskModel, n, d, fits, rng, n_boot: int, n_actual_evals: int
 
 def sigmoid_rows(link, theta: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Link of parameter row b evaluated at inputs x[b] (B, m) -> (B, m)."""
-    F = link._features(x.reshape(-1))  # (1, B*m)
+    F = link.features(x.reshape(-1))  # (1, B*m)
     B, m = x.shape
     out = np.empty((B, m))
     for j in range(m):  # m targets is small; the B replicates are vectorised
         cols = F[:, j::m]
-        pred, _ = link._model(theta, cols)  # (B, B): row b at every replicate's input
+        pred, _ = link.model(theta, cols)  # (B, B): row b at every replicate's input
         out[:, j] = np.diag(pred)
-    return link._untarget(out)
+    return link.from_target_space(out)
 
 
 def bootstrap_interval(model: TaskModel, n: float, d: float, *, n_boot: int = 200,

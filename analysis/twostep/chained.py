@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from analysis.fit import single_threaded_blas
-from analysis.laws import LAWS, ChinchillaLaw, ComputeLaw, Law, SigmoidLink, TiedChinchillaLaw
+from analysis.laws import Law, SigmoidLink
+from analysis.laws.registry import direct_law, link_law, step1_law
 from analysis.metrics import TaskSpec
 from analysis.runlog import RunLog
 from analysis.twostep.config import TwoStepConfig
-from analysis.twostep.direct import DirectLaw, FreeDirectLaw, final_points
+from analysis.twostep.direct import final_points
 from analysis.twostep.series import Feature, RunSeries, resolve_feature, run_series
 from analysis.twostep.signal import Signal, check_values, ladder_signal
 from analysis.twostep.single import SingleStepLaw
@@ -42,24 +43,14 @@ class TaskModel:
     def refused(self) -> str | None:
         return self.signal.refused if self.signal is not None else None
 
-    def _step1_input(self, n, d):
-        n, d = np.atleast_1d(np.asarray(n, float)), np.atleast_1d(np.asarray(d, float))
-        return (6.0 * n * d,) if self.config.step1 == "compute" else (n, d)
-
-    def _single_input(self, n, d):
-        """The direct law is always of (N, D); the single-step law takes step 1's inputs."""
-        if self.config.mode == "direct":
-            return np.atleast_1d(np.asarray(n, float)), np.atleast_1d(np.asarray(d, float))
-        return self._step1_input(n, d)
-
     def predict_loss(self, n, d) -> np.ndarray:
         if self.step1 is None:
             return np.full(np.broadcast(np.atleast_1d(n), np.atleast_1d(d)).shape, np.nan)
-        return self.step1.predict(*self._step1_input(n, d))
+        return self.step1.predict(*self.step1.inputs(n, d))
 
     def predict_acc(self, n, d) -> np.ndarray:
         if self.single is not None:
-            return self.single.predict(*self._single_input(n, d))
+            return self.single.predict(*self.single.inputs(n, d))
         if self.step2 is None:  # refused
             return np.full(np.broadcast(np.atleast_1d(n), np.atleast_1d(d)).shape, np.nan)
         return self.step2.predict(self.predict_loss(n, d))
@@ -102,7 +93,7 @@ def fit_task(runs: list[RunLog], task: TaskSpec, config: TwoStepConfig = TwoStep
 
 
 def _fit_task(runs, task, config) -> TaskModel:
-    cfg = config.validate()
+    cfg = config  # checked on construction
     if len(runs) < 2:
         raise ValueError(f"need at least 2 ladder runs to fit, got {len(runs)}")
     feature = _feature(cfg, task, runs)
@@ -120,9 +111,9 @@ def _fit_task(runs, task, config) -> TaskModel:
     if feature is not None:
         _fit_two_steps(model, floor)
     if cfg.mode == "direct":
-        law = DirectLaw() if cfg.direct_exponents == "tied" else FreeDirectLaw()
+        law = direct_law(cfg.direct_exponents)
         fin_n, fin_d, fin_acc = final_points(series, cfg.last)
-        model.single = _fit_quiet(law, fin_n, fin_d, y=fin_acc)
+        model.single = _fit_quiet(law, *law.inputs(fin_n, fin_d), y=fin_acc)
     for label, law in (("step 1", model.step1), ("step 2", model.step2),
                        (cfg.mode + " law", model.single)):
         if law is not None and not law.converged_:
@@ -148,23 +139,18 @@ def _fit_two_steps(model: TaskModel, floor: float | None) -> None:
     cfg, series, task = model.config, model.series, model.task
     d1 = step1_data(series, cfg)
     d2 = step2_data(series, cfg)
-    if d1.y.size < 5 and cfg.step1 == "chinchilla":
-        raise ValueError(f"task {task.name}: {d1.y.size} step-1 points cannot determine the 5 "
-                         f"parameters of the Chinchilla law; give more runs")
+    law = step1_law(cfg, np.unique(d1.n).size)
+    if d1.y.size < len(law.param_names):
+        raise ValueError(f"task {task.name}: {d1.y.size} step-1 points cannot determine the "
+                         f"{len(law.param_names)} parameters of {type(law).__name__}; give more runs")
     # Each run counts once in step 1 whatever its number of checkpoints.
     w1 = 1.0 / np.bincount(d1.run)[d1.run]
-    if cfg.step1 == "compute":
-        step1 = _fit_quiet(ComputeLaw(), 6.0 * d1.n * d1.d, y=d1.y, weights=w1)
-    else:
-        tied = cfg.step1_exponents == "tied" or (cfg.step1_exponents == "auto"
-                                                  and np.unique(d1.n).size < 3)
-        law = TiedChinchillaLaw() if tied else ChinchillaLaw()
-        step1 = _fit_quiet(law, d1.n, d1.d, y=d1.y, weights=w1)
-    step2 = _fit_quiet(LAWS[cfg.link](floor=floor, pin_ceiling=cfg.link_ceiling == "one"),
+    step1 = _fit_quiet(law, *law.inputs(d1.n, d1.d), y=d1.y, weights=w1)
+    step2 = _fit_quiet(link_law(cfg.link, floor=floor, pin_ceiling=cfg.link_ceiling == "one"),
                        d2.x, y=d2.y)
     model.step1, model.step2, model.data1, model.data2 = step1, step2, d1, d2
     if cfg.mode == "single":
         fin_n = np.array([s.n for s in series]); fin_d = np.array([s.d for s in series])
         fin_acc = np.array([np.mean(s.acc[-cfg.last:]) for s in series])
-        model.single = _fit_quiet(SingleStepLaw(step1, step2), *model._step1_input(fin_n, fin_d),
-                                  y=fin_acc)
+        single = SingleStepLaw(step1, step2)
+        model.single = _fit_quiet(single, *single.inputs(fin_n, fin_d), y=fin_acc)

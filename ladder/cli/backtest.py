@@ -51,9 +51,9 @@ def run(args) -> int:
         config = config_from_args(args)
         from dataclasses import replace
         if args.step1_min_frac is not None:
-            config = replace(config, step1_min_frac=args.step1_min_frac).validate()
+            config = replace(config, step1_min_frac=args.step1_min_frac)  # checked by replace
         if args.step1_min_tokens is not None:
-            config = replace(config, step1_min_tokens=args.step1_min_tokens).validate()
+            config = replace(config, step1_min_tokens=args.step1_min_tokens)
         from analysis.checks import once
         from analysis.files import check_output_dir, output_dir
         from ladder.cli.predict import check_n_boot

@@ -31,39 +31,36 @@ def _number(text: str) -> float:
 
 
 def add_config_arguments(p) -> None:
-    """Method options shared with `ladder backtest` (defaults = TwoStepConfig's)."""
-    from analysis.twostep.config import FEATURES, TwoStepConfig  # no fitting code at parse time
-    c = TwoStepConfig()
+    """Method options shared with `ladder backtest` (defaults = TwoStepConfig's, choices from
+    its registry of laws: analysis/laws/registry.py)."""
+    from analysis.twostep.config import FEATURES, TwoStepConfig, choices  # no fitting code here
+    c, ch = TwoStepConfig(), choices()
     g = p.add_argument_group("method (defaults chosen by backtests, see docs/analysis.md)")
     g.add_argument("--feature", default=c.feature, metavar="|".join(FEATURES) + "|COLUMN",
                    help="intermediate feature: the task's own loss (bpb), the runs' validation loss "
                         "(val_ce), task CE, or any loss column every run has")
-    g.add_argument("--step1", choices=("chinchilla", "compute"), default=c.step1,
-                   help="step-1 law: of (N, D), or of C = 6ND")
-    g.add_argument("--step1-points", choices=("final", "intermediate"), default=c.step1_points,
+    g.add_argument("--step1", choices=ch["step1"], default=c.step1,
+                   help="step-1 law: of (N, D) (chinchilla), of C = 6ND (compute), ...")
+    g.add_argument("--step1-points", choices=ch["step1_points"], default=c.step1_points,
                    help="fit step 1 on each run's final value or on its later checkpoints too")
-    g.add_argument("--step1-exponents", choices=("tied", "free", "auto"), default=c.step1_exponents,
+    g.add_argument("--step1-exponents", choices=ch["step1_exponents"], default=c.step1_exponents,
                    help="Chinchilla exponents: alpha = beta (tied), free, or tied below 3 sizes")
-    g.add_argument("--link", choices=("sigmoid", "log_sigmoid"), default=c.link)
-    g.add_argument("--link-floor", choices=("free", "chance"), default=c.link_floor)
-    g.add_argument("--link-ceiling", choices=("free", "one"), default=c.link_ceiling,
+    g.add_argument("--link", choices=ch["link"], default=c.link)
+    g.add_argument("--link-floor", choices=ch["link_floor"], default=c.link_floor)
+    g.add_argument("--link-ceiling", choices=ch["link_ceiling"], default=c.link_ceiling,
                    help="upper accuracy asymptote: fitted (<= 1) or pinned to 1")
-    g.add_argument("--mode", choices=("chained", "single", "direct"), default=c.mode,
+    g.add_argument("--mode", choices=ch["mode"], default=c.mode,
                    help="two-step chained prediction, the single-step baseline, or the direct "
                         "method (-log accuracy as a law of N and D, arXiv 2512.08894)")
-    g.add_argument("--direct-exponents", choices=("tied", "free"), default=c.direct_exponents,
+    g.add_argument("--direct-exponents", choices=ch["direct_exponents"], default=c.direct_exponents,
                    help="direct method: alpha = beta (default), or the paper's free pair")
     g.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates for intervals")
     g.add_argument("--seed", type=int, default=0)
 
 
 def config_from_args(args):
-    from analysis.twostep.config import TwoStepConfig
-    return TwoStepConfig(feature=args.feature, step1=args.step1, step1_points=args.step1_points,
-                         step1_exponents=args.step1_exponents,
-                         link=args.link, link_floor=args.link_floor,
-                         link_ceiling=args.link_ceiling, mode=args.mode,
-                         direct_exponents=args.direct_exponents)
+    from analysis.twostep.config import TwoStepConfig, choices
+    return TwoStepConfig(feature=args.feature, **{k: getattr(args, k) for k in choices()})
 
 
 RUN_FILES_HELP = ("ladder runs: run directories, OLMo-ladder W&B CSV exports, one table of the "
