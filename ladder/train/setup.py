@@ -211,16 +211,9 @@ def _build(recipe, plan, run_dir, accelerator, data, train_seqs, val_seqs, sampl
     if t.compile and fsdp:  # FSDP2 shards the plain module; compile the sharded one
         model = torch.compile(model)
 
-    step, state = 0, {}
-    if accelerator.is_main_process:
-        ckpt.sweep_temp_dirs(run_dir)
-        ckpt.latest_intact(run_dir, report=accelerator.print)  # damaged ones are set aside
-    accelerator.wait_for_everyone()
-    latest = ckpt.latest_resumable(run_dir)
+    latest, state = _resume(run_dir, accelerator, model, optimizer, scheduler)
+    step = int(state.get("step", 0))
     if latest is not None:
-        state = ckpt.load_checkpoint(latest, accelerator=accelerator, model=model,
-                                     optimizer=optimizer, scheduler=scheduler)
-        step = int(state["step"])
         accelerator.print(f"resuming {run_dir} from {latest.path.name} (step {step}/{plan.total_steps})")
     ctx = RunContext(recipe, plan, run_dir, accelerator, data, model, optimizer, scheduler, train_seqs,
                      val_seqs, sampler, micro, accum, meta, writer, step, latest.path if latest else None)
@@ -246,6 +239,31 @@ def _build(recipe, plan, run_dir, accelerator, data, train_seqs, val_seqs, sampl
     ctx.byte_len = torch.as_tensor(token_byte_lengths(data.tokenizer, plan.vocab_size), device=device)
     ctx.n_val = min(val_seqs.n, max(1, recipe.data.validation_tokens // t.seq_len))
     return ctx
+
+
+def _resume(run_dir: Path, accelerator, model, optimizer, scheduler):
+    """Load the newest intact checkpoint: (its info, its state.json), or (None, {}). Checkpoints
+    whose digests fail are set aside by the main process before anyone loads; one that still
+    cannot be read (written before digests) is set aside when it fails to load, and the next
+    older one is tried (one process: several would have to agree first, so they stop instead)."""
+    if accelerator.is_main_process:
+        ckpt.sweep_temp_dirs(run_dir)
+        ckpt.latest_intact(run_dir, report=accelerator.print)  # damaged ones are set aside
+    accelerator.wait_for_everyone()
+    failed = None
+    while (latest := ckpt.latest_resumable(run_dir)) is not None:
+        try:
+            return latest, ckpt.load_checkpoint(latest, accelerator=accelerator, model=model,
+                                                optimizer=optimizer, scheduler=scheduler)
+        except ckpt.CheckpointDamaged as e:
+            if accelerator.num_processes > 1:
+                raise ValueError(f"checkpoint {latest.path} is damaged ({e}); move it aside and "
+                                 "rerun to resume from the previous one") from None
+            failed = ckpt.set_aside(latest.path, str(e), accelerator.print)
+    if failed is not None:  # the model holds part of a damaged checkpoint: never train on it
+        raise ValueError(f"{failed}: no intact checkpoint is left to resume from; rerun to start "
+                         "the run over")
+    return None, {}
 
 
 # ---------------------------------------------------------------------------- run metadata
