@@ -113,12 +113,12 @@ def write_snapshot(snap: Snapshot, run_dir: Path, *, model, tokenizer, barrier: 
         if snap.rank == 0:
             _publish(tmp, final, root)
             ckpt.prune_checkpoints(run_dir, keep_last, keep_eval_weights)
-    except BaseException as e:
-        if snap.rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)  # never left looking whole; frees the space
-        err = integrity.storage_error(e, final) if isinstance(e, Exception) else None
+    except Exception as e:
+        err = integrity.storage_error(e, final)
         if err is None:
             raise
+        if snap.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)  # frees the space (a .tmp- dir is never resumed)
         raise integrity.StorageError(err.errno, err.strerror, f"checkpoint {final}") from None
     barrier()
     return final if snap.rank == 0 else None
