@@ -17,6 +17,7 @@ one :class:`StorageError` naming the path and the cause, so ``ladder train`` pri
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 from pathlib import Path
@@ -81,6 +82,28 @@ def files_problem(root: Path, records: dict[str, Any], *, digests: bool = True) 
                 return f"{rel} is unreadable ({e.strerror or e})"
             if got != want:
                 return f"{rel} does not match its digest (damaged contents)"
+    return None
+
+
+SEAL = "manifest_" + ALGORITHM  # a manifest's digest of its own content
+
+
+def _seal_digest(manifest: dict[str, Any]) -> str:
+    h = new_hasher()
+    h.update(json.dumps({k: v for k, v in manifest.items() if k != SEAL}, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def seal(manifest: dict[str, Any]) -> dict[str, Any]:
+    """``manifest`` with its own digest added: a flipped byte in a value the readers act on (a
+    dtype, a flag) is found like one in the files it lists."""
+    return {**manifest, SEAL: _seal_digest(manifest)}
+
+
+def seal_problem(manifest: dict[str, Any], name: str) -> str | None:
+    """Why a sealed manifest is not as written, or None (unsealed ones: older, not checked)."""
+    if SEAL in manifest and manifest[SEAL] != _seal_digest(manifest):
+        return f"{name} does not match its digest (damaged contents)"
     return None
 
 

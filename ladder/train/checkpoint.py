@@ -258,8 +258,9 @@ def load_optimizer_state(model, optimizer, path: Path) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-    from ladder.train.safe_dcp import SafeFileSystemReader, SafeLoadPlanner
+    from ladder.train.safe_dcp import SafeFileSystemReader, SafeLoadPlanner, load_metadata
 
+    load_metadata((path / ".metadata").read_bytes())  # refused here: DCP would turn the error into text
     module = getattr(model, "_orig_mod", model)
     state = optimizer_state(module, optimizer)
     import warnings
@@ -274,18 +275,10 @@ def load_optimizer_state(model, optimizer, path: Path) -> None:
 
 
 DAMAGED_PREFIX = "damaged-"  # a checkpoint found damaged is kept under this name, never resumed
-MANIFEST_DIGEST = "manifest_" + integrity.ALGORITHM  # the manifest's digest of its own content
 
 
 class CheckpointDamaged(RuntimeError):
     """A checkpoint whose files are not the ones written (or not safe to read)."""
-
-
-def _manifest_digest(manifest: dict[str, Any]) -> str:
-    body = {k: v for k, v in manifest.items() if k != MANIFEST_DIGEST}
-    h = integrity.new_hasher()
-    h.update(json.dumps(body, sort_keys=True).encode())
-    return h.hexdigest()
 
 
 def write_manifest(path: Path, manifest: dict[str, Any], files: bool = True) -> None:
@@ -298,8 +291,7 @@ def write_manifest(path: Path, manifest: dict[str, Any], files: bool = True) -> 
             if p.is_file():
                 os.chmod(p, mode)  # safetensors creates its file 0600 whatever the umask
         manifest = {**manifest, "files": integrity.record_tree(path, skip=[MANIFEST])}
-    manifest[MANIFEST_DIGEST] = _manifest_digest(manifest)
-    atomic_write_text(path / MANIFEST, json.dumps(manifest, indent=2))
+    atomic_write_text(path / MANIFEST, json.dumps(integrity.seal(manifest), indent=2))
 
 
 def _safetensors_problem(path: Path) -> str | None:
@@ -326,8 +318,9 @@ def checkpoint_problem(ckpt: CheckpointInfo) -> str | None:
     digests gets the cheaper checks it was written for: sizes, safetensors headers, the zip
     directory of torch files."""
     m = ckpt.manifest
-    if MANIFEST_DIGEST in m and m[MANIFEST_DIGEST] != _manifest_digest(m):
-        return f"{MANIFEST} does not match its digest (damaged contents)"
+    problem = integrity.seal_problem(m, MANIFEST)
+    if problem:
+        return problem
     records = m.get("files") or {}
     if not isinstance(records, dict):
         return f"{MANIFEST} has no readable list of files"
