@@ -384,12 +384,10 @@ def test_a_finite_loss_far_above_its_trend_is_divergence(tmp_path, recipe_file, 
     assert ckpt.latest_resumable(out).step < 23 and ckpt.checkpoint_problem(ckpt.latest_resumable(out)) is None
 
 
-def test_the_divergence_rule_never_fires_on_a_healthy_tiny_run(tmp_path, cache, monkeypatch):
-    """The whole tiny-9k rung of tests/test_status_file.py (every step judged): its worst loss
-    stays far under the factor."""
-    from ladder.recipe import from_dict
+def _worst_ratio(recipe, out, cache, monkeypatch) -> tuple[float, int]:
+    """Train ``recipe``'s first rung, recording each step's loss over the median the rule
+    compares it with: (the worst ratio, steps judged)."""
     from ladder.train import divergence, loop
-    from tests.test_status_file import RECIPE
 
     ratios, real = [], divergence.DivergenceMonitor.check
 
@@ -398,10 +396,35 @@ def test_the_divergence_rule_never_fires_on_a_healthy_tiny_run(tmp_path, cache, 
         return real(self, step, value)
 
     monkeypatch.setattr(divergence.DivergenceMonitor, "check", recording)
-    recipe = from_dict({**RECIPE, "checkpoint": {"interval": None, "keep_last": 1}})
-    assert loop.train(recipe, out=tmp_path / "run", cache=cache, progress=False).status == "completed"
+    assert loop.train(recipe, out=out, cache=cache, progress=False).status == "completed"
     judged = [r for r in ratios if r is not None]
-    assert len(judged) > 300 and max(judged) < divergence.SPIKE_FACTOR / 2, max(judged)
+    print(f"{recipe.model.sizes[0]}: worst loss / running median {max(judged):.3f} over {len(judged)} steps")
+    return max(judged), len(judged)
+
+
+@pytest.mark.slow
+def test_the_divergence_rule_never_fires_on_a_healthy_tiny_run(tmp_path, cache, monkeypatch):
+    """The whole tiny-9k rung of tests/test_status_file.py: every step after the first 20 judged."""
+    from ladder.recipe import from_dict
+    from ladder.train import divergence
+    from tests.test_status_file import RECIPE
+
+    recipe = from_dict({**RECIPE, "checkpoint": {"interval": None, "keep_last": 1}})
+    worst, judged = _worst_ratio(recipe, tmp_path / "run", cache, monkeypatch)
+    assert judged > 300 and worst < divergence.SPIKE_FACTOR / 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", ["tiny-9k", "tiny-25k", "tiny-43k"])
+def test_the_divergence_rule_never_fires_on_the_tiny_cpu_recipe(tmp_path, size, monkeypatch):
+    """recipes/tiny-cpu.yaml's rungs at 1xC (the corpus task off: it does not change training)."""
+    from ladder.recipe import load_recipe
+    from ladder.train import divergence
+
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes/tiny-cpu.yaml",
+                         [f"model.sizes=[{size}]", "evaluation.tasks=null", "targets=[]"])
+    worst, judged = _worst_ratio(recipe, tmp_path / "run", tmp_path / "cache", monkeypatch)
+    assert judged > 100 and worst < divergence.SPIKE_FACTOR / 2
 
 
 def test_sighup_and_ctrl_c_checkpoint_and_status_reports_the_step(tmp_path, finished, recipe_file, cache,
