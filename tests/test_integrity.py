@@ -462,3 +462,16 @@ def test_a_signal_during_start_up_exits_75(tmp_path, recipe_file, cache, monkeyp
     assert "SIGTERM during start-up" in err and "Traceback" not in err
     assert read_status(out)["outcome"] == PREEMPTED
     assert signal.getsignal(signal.SIGTERM) == before  # handlers restored
+
+
+def test_bench_checkpoint_smoke(capsys):
+    """tests/benchmarks/bench_checkpoint.py runs (its figures: docs/reliability.md)."""
+    import importlib.util
+
+    path = Path(__file__).parent / "benchmarks" / "bench_checkpoint.py"
+    spec = importlib.util.spec_from_file_location("bench_checkpoint", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--smoke"])
+    out = capsys.readouterr().out
+    assert "ms with digests" in out and "ms with sizes only" in out

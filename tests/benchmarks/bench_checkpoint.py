@@ -1,8 +1,10 @@
 """How long a checkpoint stalls training: a synchronous save against a background one
-(``checkpoint.async_save``), on one process, in one invocation.
+(``checkpoint.async_save``), on one process, in one invocation; and what the files' digests
+cost: the same synchronous save with digests against one recording sizes only, alternated.
 
     PYTHONPATH=. python tests/benchmarks/bench_checkpoint.py                   # CPU, tiny-4.9m
     PYTHONPATH=. python tests/benchmarks/bench_checkpoint.py --size 190M --saves 3   # GPU
+    PYTHONPATH=. python tests/benchmarks/bench_checkpoint.py --smoke           # seconds (test suite)
 
 For each mode, ``--saves`` times: a few training steps, then a save. The stall is the time from
 the save's call to its return (synchronous: the whole write; asynchronous: the snapshot in host
@@ -36,7 +38,7 @@ def build(args):
     recipe = from_dict({"model": {"sizes": [args.size], "tokenizer_vocab_size": 512},
                         "train": {"seq_len": args.seq_len, "batch_tokens": args.seq_len * args.micro,
                                   "micro_batch_size": args.micro, "lr": 1e-3, "warmup_tokens": 0}})
-    data = prepare_data(DataConfig(max_bytes=1_000_000), ModelConfig(tokenizer_vocab_size=512))
+    data = prepare_data(DataConfig(max_bytes=args.max_bytes), ModelConfig(tokenizer_vocab_size=512))
     vocab = 100_352 if not args.size.startswith("tiny") else 512
     plan = plan_run(recipe, args.size, 1.0, 0, vocab)
     acc = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
@@ -48,7 +50,37 @@ def build(args):
     return acc, model, opt, sched, data.tokenizer, seqs, BatchSampler(seqs.n, plan.batch_seqs, 0), plan
 
 
-def main() -> None:
+def digest_cost(acc, model, opt, sched, tok, step: int, saves: int) -> dict[str, float]:
+    """Median synchronous write time with the manifest's digests and with sizes only (what a
+    manifest recorded before digests), alternated so that load hits both alike."""
+    from ladder import integrity
+    from ladder.train.saver import take_snapshot, write_snapshot
+
+    def sizes_only(root, skip=()):
+        return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*"))
+                if p.is_file() and p.name not in skip}
+
+    real = integrity.record_tree
+    times: dict[str, list[float]] = {"digests": [], "sizes only": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        snap = take_snapshot(step, accelerator=acc, model=model, optimizer=opt, scheduler=sched,
+                             state={"step": step}, eval_step=False)
+        unwrapped = acc.unwrap_model(model)
+        for i in range(2 * saves):
+            mode = ("digests", "sizes only")[i % 2]
+            integrity.record_tree = real if mode == "digests" else sizes_only
+            try:
+                t0 = time.perf_counter()
+                write_snapshot(snap, Path(tmp) / mode, model=unwrapped, tokenizer=tok, barrier=lambda: None,
+                               keep_last=1)
+                times[mode].append(time.perf_counter() - t0)
+            finally:
+                integrity.record_tree = real
+        nbytes = sum(p.stat().st_size for p in (Path(tmp) / "digests").rglob("*") if p.is_file())
+    return {"bytes": nbytes, **{m: statistics.median(v) for m, v in times.items()}}
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", default="tiny-4.9m")
     ap.add_argument("--seq-len", type=int, default=256)
@@ -56,7 +88,11 @@ def main() -> None:
     ap.add_argument("--saves", type=int, default=3, help="saves per mode")
     ap.add_argument("--steps-between", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
+    ap.add_argument("--max-bytes", type=int, default=1_000_000, help="corpus bytes to tokenize")
+    ap.add_argument("--smoke", action="store_true", help="tiny-9k, one save per mode: that it runs")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.size, args.seq_len, args.saves, args.steps_between, args.max_bytes = "tiny-9k", 32, 1, 1, 200_000
 
     import torch
     from transformers.utils import logging as hf_logging
@@ -106,6 +142,10 @@ def main() -> None:
     if busy:
         print(f"  step time with a write in flight {1e3 * statistics.mean(busy):.1f} ms vs "
               f"{1e3 * statistics.mean(idle):.1f} ms without")
+    cost = digest_cost(acc, model, opt, sched, tok, step, args.saves)
+    d, n = cost["digests"], cost["sizes only"]
+    print(f"  synchronous write of {cost['bytes'] / 2**20:.1f} MiB: {1e3 * d:.1f} ms with digests, "
+          f"{1e3 * n:.1f} ms with sizes only: digests cost {100 * (d / n - 1):+.1f}% of the write")
 
 
 if __name__ == "__main__":
