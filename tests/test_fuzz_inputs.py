@@ -287,7 +287,7 @@ def test_fuzz_checkpoint_bytes(checkpoint_dir):
         return ckpt.checkpoint_problem(found[0]) if found else "manifest unreadable"
 
     files = sorted(p for p in checkpoint_dir.rglob("*") if p.is_file())
-    assert len(files) >= 9
+    assert len(files) == 11
     counts = _fuzz_files(checkpoint_dir, files, 400, 2024, problem)
     print("checkpoint bytes:", counts)
     assert counts["detected"] == counts["damaged"] > 350, counts

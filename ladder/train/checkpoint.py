@@ -7,11 +7,14 @@ Layout of ``<run>/checkpoints/step0000123/``::
     training_state/optimizer/ (torch.distributed.checkpoint, by parameter name; sharded
                    under FSDP), scheduler.pt, rng-rank*.pt   exact-resume state
     training_state/state.json                                 step, tokens, data position, RNG
-    checkpoint.json                                           written last: what this holds
+    checkpoint.json                                           written last: what this holds,
+                                                              each file's size and digest
 
 A checkpoint is written (:mod:`ladder.train.saver`) into ``.tmp-step0000123/`` and renamed into
 place only when every file is flushed, so a directory named ``stepNNNNNNN`` is complete by
 construction; temp directories left by a killed save are ignored and swept on the next start.
+Its manifest records every file's size and XXH3-128 digest and its own (:mod:`ladder.integrity`);
+a resume checks them all and sets a checkpoint that fails aside. Nothing is unpickled on load.
 """
 
 from __future__ import annotations
