@@ -4,6 +4,7 @@ cost: the same synchronous save with digests against one recording sizes only, a
 
     PYTHONPATH=. python tests/benchmarks/bench_checkpoint.py                   # CPU, tiny-4.9m
     PYTHONPATH=. python tests/benchmarks/bench_checkpoint.py --size 190M --saves 3   # GPU
+    PYTHONPATH=. python tests/benchmarks/bench_checkpoint.py --size 190M --digests-only --saves 3  # CPU
     PYTHONPATH=. python tests/benchmarks/bench_checkpoint.py --smoke           # seconds (test suite)
 
 For each mode, ``--saves`` times: a few training steps, then a save. The stall is the time from
@@ -50,6 +51,38 @@ def build(args):
     return acc, model, opt, sched, data.tokenizer, seqs, BatchSampler(seqs.n, plan.batch_seqs, 0), plan
 
 
+def stall_cost(acc, model, opt, sched, tok, args, train_step, step) -> None:
+    """The step's stall of a synchronous and of a background save, alternated; printed."""
+    from ladder.train.saver import CheckpointSaver, take_snapshot
+
+    stalls = {"sync": [], "async": []}
+    writes, busy, idle = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        savers = {m: CheckpointSaver(acc, asynchronous=m == "async") for m in stalls}
+        for i in range(2 * args.saves):
+            mode = ("sync", "async")[i % 2]
+            idle.extend(train_step() for _ in range(args.steps_between))
+            saver = savers[mode]
+            t0 = time.perf_counter()
+            snap = take_snapshot(step(), accelerator=acc, model=model, optimizer=opt, scheduler=sched,
+                                 state={"step": step()}, eval_step=False)
+            saver.save(Path(tmp) / mode, snap, model=model, tokenizer=tok, keep_last=1, keep_eval_weights=False)
+            stalls[mode].append(time.perf_counter() - t0)
+            if mode == "async":
+                while saver.in_flight:
+                    busy.append(train_step())
+                saver.wait()
+                writes.append(time.perf_counter() - t0)
+    med = {m: statistics.median(v) for m, v in stalls.items()}
+    print(f"  step stall of a save: sync {1e3 * med['sync']:.1f} ms, async {1e3 * med['async']:.1f} ms "
+          f"(snapshot only): ratio sync/async {med['sync'] / med['async']:.1f}x")
+    print(f"  background write, snapshot to rename: {1e3 * statistics.median(writes):.1f} ms; "
+          f"{len(busy)} steps ran meanwhile")
+    if busy:
+        print(f"  step time with a write in flight {1e3 * statistics.mean(busy):.1f} ms vs "
+              f"{1e3 * statistics.mean(idle):.1f} ms without")
+
+
 def digest_cost(acc, model, opt, sched, tok, step: int, saves: int) -> dict[str, float]:
     """Median synchronous write time with the manifest's digests and with sizes only (what a
     manifest recorded before digests), alternated so that load hits both alike."""
@@ -88,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--saves", type=int, default=3, help="saves per mode")
     ap.add_argument("--steps-between", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--digests-only", action="store_true",
+                    help="only the digest comparison (one training step: for sizes too slow to train on CPU)")
     ap.add_argument("--max-bytes", type=int, default=1_000_000, help="corpus bytes to tokenize")
     ap.add_argument("--smoke", action="store_true", help="tiny-9k, one save per mode: that it runs")
     args = ap.parse_args(argv)
@@ -98,7 +133,6 @@ def main(argv: list[str] | None = None) -> None:
     from transformers.utils import logging as hf_logging
 
     from ladder.train.loop import _train_step
-    from ladder.train.saver import CheckpointSaver, take_snapshot
 
     hf_logging.disable_progress_bar()  # save_pretrained's shard bar, as train() does
     acc, model, opt, sched, tok, seqs, sampler, plan = build(args)
@@ -113,35 +147,11 @@ def main(argv: list[str] | None = None) -> None:
         step += 1
         return time.perf_counter() - t
 
-    for _ in range(3):  # warm-up
+    for _ in range(1 if args.digests_only else 3):  # warm-up (one step makes the optimizer state)
         train_step()
-    stalls = {"sync": [], "async": []}
-    writes, busy, idle = [], [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        savers = {m: CheckpointSaver(acc, asynchronous=m == "async") for m in stalls}
-        for i in range(2 * args.saves):
-            mode = ("sync", "async")[i % 2]
-            idle.extend(train_step() for _ in range(args.steps_between))
-            saver = savers[mode]
-            t0 = time.perf_counter()
-            snap = take_snapshot(step, accelerator=acc, model=model, optimizer=opt, scheduler=sched,
-                                 state={"step": step}, eval_step=False)
-            saver.save(Path(tmp) / mode, snap, model=model, tokenizer=tok, keep_last=1, keep_eval_weights=False)
-            stalls[mode].append(time.perf_counter() - t0)
-            if mode == "async":
-                while saver.in_flight:
-                    busy.append(train_step())
-                saver.wait()
-                writes.append(time.perf_counter() - t0)
-    med = {m: statistics.median(v) for m, v in stalls.items()}
     print(f"{args.size} ({plan.n_params / 1e6:.1f}M params), device {acc.device}, {args.saves} saves per mode")
-    print(f"  step stall of a save: sync {1e3 * med['sync']:.1f} ms, async {1e3 * med['async']:.1f} ms "
-          f"(snapshot only): ratio sync/async {med['sync'] / med['async']:.1f}x")
-    print(f"  background write, snapshot to rename: {1e3 * statistics.median(writes):.1f} ms; "
-          f"{len(busy)} steps ran meanwhile")
-    if busy:
-        print(f"  step time with a write in flight {1e3 * statistics.mean(busy):.1f} ms vs "
-              f"{1e3 * statistics.mean(idle):.1f} ms without")
+    if not args.digests_only:
+        stall_cost(acc, model, opt, sched, tok, args, train_step, lambda: step)
     cost = digest_cost(acc, model, opt, sched, tok, step, args.saves)
     d, n = cost["digests"], cost["sizes only"]
     print(f"  synchronous write of {cost['bytes'] / 2**20:.1f} MiB: {1e3 * d:.1f} ms with digests, "
