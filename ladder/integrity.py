@@ -137,6 +137,10 @@ class StorageError(OSError):
     def __str__(self) -> str:
         return f"cannot write {self.filename}: {self.strerror}"
 
+    def status_message(self) -> str:
+        """What status.json says: schedulers do not retry it; a person frees space and reruns."""
+        return f"failed: {self}; free space (or fix the file system) and rerun the same command to resume"
+
 
 def _chain(exc: BaseException) -> Iterable[BaseException]:
     seen: set[int] = set()

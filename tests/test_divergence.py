@@ -107,3 +107,24 @@ def test_bench_checkpoint_smoke(capsys):
     bench.main(["--smoke"])
     out = capsys.readouterr().out
     assert "ms with digests" in out and "ms with sizes only" in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [1.5, 4.0])
+def test_sigterm_during_start_up_through_the_cli_exits_75(tmp_path, recipe_file, cache, delay):
+    """The real `ladder train`: SIGTERM once it has parsed its arguments, while it imports torch (1.5 s) or builds the run (4 s)."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.test_faults import ROOT
+
+    proc = subprocess.Popen([sys.executable, "-m", "ladder", "train", str(recipe_file), "--out",
+                             str(tmp_path / "run"), "--no-progress", "--cache", str(cache)],
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_PREEMPTED, (proc.returncode, err[-2000:])
+    assert "Traceback" not in err and ("SIGTERM during start-up" in err or "preemption signal" in out), err[-2000:]

@@ -28,16 +28,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train; a stop signal or Ctrl-C from the first line on (imports of torch take seconds) is
+    one line and exit 75 or 130, never a traceback or a death by signal (143)."""
+    import signal
+
+    from ladder.exit_codes import EXIT_PREEMPTED, PREEMPTED
+    from ladder.train.status import Preempted
+
+    def starting(signum, frame):
+        raise Preempted(signum)
+
+    old = {s: signal.signal(s, starting) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)}
+    try:
+        return _run(args)
+    except Preempted as e:  # before the first step (status.json says so once the run dir is ours)
+        print(f"ladder train: {e}", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except KeyboardInterrupt:  # a second Ctrl-C: stop now, the last checkpoint is intact
+        print("ladder train: interrupted; rerun the same command to resume from the last checkpoint",
+              file=sys.stderr)
+        _outcome(args, PREEMPTED, "interrupted (Ctrl-C) before a checkpoint was saved")
+        return 130
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _run(args: argparse.Namespace) -> int:
     from ladder.data.errors import DataError
-    from ladder.exit_codes import (BAD_INPUT, CRASHED, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_PREEMPTED,
-                                   PREEMPTED)
+    from ladder.exit_codes import BAD_INPUT, CRASHED, EXIT_BAD_INPUT, EXIT_DIVERGED
     from ladder.integrity import storage_error
     from ladder.recipe import RecipeError, load_recipe
     from ladder.train.loop import NonFiniteLossError, train
 
     from ladder.sweep.lock import LockHeld
     from ladder.train.binding import RunBindingError
-    from ladder.train.status import Preempted
 
     try:
         _check_arguments(args)
@@ -58,14 +83,6 @@ def run(args: argparse.Namespace) -> int:
     except NonFiniteLossError as e:  # status.json already says diverged
         print(f"ladder train: error: {e}", file=sys.stderr)
         return EXIT_DIVERGED
-    except Preempted as e:  # a stop signal during start-up (status.json says preempted)
-        print(f"ladder train: {e}", file=sys.stderr)
-        return EXIT_PREEMPTED
-    except KeyboardInterrupt:  # a second Ctrl-C: stop now, the last checkpoint is intact
-        print("ladder train: interrupted; rerun the same command to resume from the last checkpoint",
-              file=sys.stderr)
-        _outcome(args, PREEMPTED, "interrupted (Ctrl-C) before a checkpoint was saved")
-        return 130
     except Exception as e:
         err = storage_error(e, args.out or ".")  # torch.save and DCP raise RuntimeError
         if err is not None:
@@ -95,11 +112,11 @@ def _check_arguments(args: argparse.Namespace) -> None:
 def _storage_failure(args: argparse.Namespace, e: OSError) -> int:
     """A write refused by the file system: one line naming the file and the cause, status failed."""
     from ladder.exit_codes import BAD_INPUT, EXIT_BAD_INPUT
+    from ladder.integrity import StorageError
 
-    msg = f"cannot write {e.filename or args.out}: {e.strerror or e}"
-    print(f"ladder train: error: {msg}", file=sys.stderr)
-    _outcome(args, BAD_INPUT, f"failed: {msg}; free space (or fix the file system) and rerun the same "
-                              "command to resume")
+    e = e if isinstance(e, StorageError) else StorageError(e.errno, e.strerror or str(e), e.filename or args.out)
+    print(f"ladder train: error: {e}", file=sys.stderr)
+    _outcome(args, BAD_INPUT, e.status_message())
     return EXIT_BAD_INPUT
 
 

@@ -146,7 +146,7 @@ def train(recipe: Recipe, size: str | None = None, multiplier: float | None = No
             err = storage_error(e, ctx.run_dir)
             if err is None:
                 raise
-            ctx.fail(f"{err}; free space (or fix the file system) and rerun the same command to resume")
+            ctx.fail(err.status_message())
             raise err from None
         finally:
             ctx.release()
