@@ -360,6 +360,35 @@ def test_a_full_disk_during_a_metrics_append(small_disk, finished, recipe_file, 
     same_evaluations(rows(out), rows(finished))
 
 
+def test_a_checkpoint_directory_turned_read_only(small_disk, finished, recipe_file, cache, monkeypatch,
+                                                capsys):
+    """checkpoints/ becomes a read-only mount mid-run: one line, exit 2, status failed; the run
+    resumes exactly once it is writable again."""
+    from ladder.cli import train as cli_train
+    from ladder.train import saver
+
+    out, real, calls = small_disk / "run", saver.write_snapshot, []
+    ro = out / "checkpoints"
+
+    def remounting(*a, **kw):
+        if len(calls) == 1:
+            subprocess.run(["mount", "--bind", str(ro), str(ro)], check=True)
+            subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], check=True)
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(saver, "write_snapshot", remounting)
+    try:
+        assert cli_train.run(cli_args(recipe_file, out, cache)) == EXIT_BAD_INPUT
+    finally:
+        subprocess.run(["umount", str(ro)], capture_output=True)
+    only_error_line(capsys.readouterr().err, "cannot write checkpoint", "read-only file system")
+    assert read_status(out)["message"].startswith("failed: cannot write checkpoint")
+    monkeypatch.setattr(saver, "write_snapshot", real)
+    assert cli_train.run(cli_args(recipe_file, out, cache)) == 0
+    same_evaluations(rows(out), rows(finished))
+
+
 # ---------------------------------------------------------------------------- signals
 
 
