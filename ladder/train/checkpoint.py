@@ -26,6 +26,7 @@ import re
 import shutil
 import struct
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,11 +94,14 @@ def sweep_temp_dirs(run_dir: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def _fsync_files(paths: list[Path]) -> None:
+    for p in paths:
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+
+
 def _fsync_tree(path: Path) -> None:
-    for p in sorted(path.rglob("*")):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
+    _fsync_files([p for p in sorted(path.rglob("*")) if p.is_file()])
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -286,14 +290,18 @@ class CheckpointDamaged(RuntimeError):
 
 def write_manifest(path: Path, manifest: dict[str, Any], files: bool = True) -> None:
     """Write ``checkpoint.json`` last: with ``files``, the size and digest of every other file
-    (read back once they are written; their modes set from the umask, as every other file of a
-    run directory), and the manifest's own digest, so a flipped byte anywhere is found."""
+    (read back from the page cache while a second thread flushes them to disk, so the digests
+    cost what hashing exceeds the flush; their modes set from the umask, as every other file of
+    a run directory), and the manifest's own digest, so a flipped byte anywhere is found."""
     if files:
         mode = file_mode()
-        for p in path.rglob("*"):
-            if p.is_file():
-                os.chmod(p, mode)  # safetensors creates its file 0600 whatever the umask
-        manifest = {**manifest, "files": integrity.record_tree(path, skip=[MANIFEST])}
+        paths = [p for p in sorted(path.rglob("*")) if p.is_file() and p.name != MANIFEST]
+        for p in paths:
+            os.chmod(p, mode)  # safetensors creates its file 0600 whatever the umask
+        with ThreadPoolExecutor(1) as pool:
+            flushed = pool.submit(_fsync_files, paths)
+            manifest = {**manifest, "files": integrity.record_tree(path, skip=[MANIFEST])}
+            flushed.result()
     atomic_write_text(path / MANIFEST, json.dumps(integrity.seal(manifest), indent=2))
 
 
