@@ -83,9 +83,10 @@ def stall_cost(acc, model, opt, sched, tok, args, train_step, step) -> None:
               f"{1e3 * statistics.mean(idle):.1f} ms without")
 
 
-def digest_cost(acc, model, opt, sched, tok, step: int, saves: int) -> dict[str, float]:
+def digest_cost(acc, model, opt, sched, tok, step: int, saves: int, verbose: bool = False) -> dict[str, float]:
     """Median synchronous write time with the manifest's digests and with sizes only (what a
-    manifest recorded before digests), alternated so that load hits both alike."""
+    manifest recorded before digests), alternated so that load hits both alike (in ABBA order: on
+    a busy disk the first write of a pair is much slower than the second, whichever it is)."""
     from ladder import integrity
     from ladder.train.saver import take_snapshot, write_snapshot
 
@@ -94,19 +95,28 @@ def digest_cost(acc, model, opt, sched, tok, step: int, saves: int) -> dict[str,
                 if p.is_file() and p.name not in skip}
 
     real = integrity.record_tree
-    times: dict[str, list[float]] = {"digests": [], "sizes only": []}
+    times: dict[str, list[float]] = {"digests": [], "sizes only": [], "hash pass": []}
+
+    def timed(root, skip=()):
+        t = time.perf_counter()
+        out = real(root, skip)
+        times["hash pass"].append(time.perf_counter() - t)
+        return out
+
     with tempfile.TemporaryDirectory() as tmp:
         snap = take_snapshot(step, accelerator=acc, model=model, optimizer=opt, scheduler=sched,
                              state={"step": step}, eval_step=False)
         unwrapped = acc.unwrap_model(model)
         for i in range(2 * saves):
-            mode = ("digests", "sizes only")[i % 2]
-            integrity.record_tree = real if mode == "digests" else sizes_only
+            mode = ("digests", "sizes only")[(i + i // 2) % 2]  # D S S D D S S D: order effects cancel
+            integrity.record_tree = timed if mode == "digests" else sizes_only
             try:
                 t0 = time.perf_counter()
                 write_snapshot(snap, Path(tmp) / mode, model=unwrapped, tokenizer=tok, barrier=lambda: None,
                                keep_last=1)
                 times[mode].append(time.perf_counter() - t0)
+                if verbose:
+                    print(f"    {mode}: {1e3 * times[mode][-1]:.0f} ms", flush=True)
             finally:
                 integrity.record_tree = real
         nbytes = sum(p.stat().st_size for p in (Path(tmp) / "digests").rglob("*") if p.is_file())
@@ -123,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--digests-only", action="store_true",
                     help="only the digest comparison (one training step: for sizes too slow to train on CPU)")
+    ap.add_argument("--verbose", action="store_true", help="print every timed write")
     ap.add_argument("--max-bytes", type=int, default=1_000_000, help="corpus bytes to tokenize")
     ap.add_argument("--smoke", action="store_true", help="tiny-9k, one save per mode: that it runs")
     args = ap.parse_args(argv)
@@ -152,10 +163,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.size} ({plan.n_params / 1e6:.1f}M params), device {acc.device}, {args.saves} saves per mode")
     if not args.digests_only:
         stall_cost(acc, model, opt, sched, tok, args, train_step, lambda: step)
-    cost = digest_cost(acc, model, opt, sched, tok, step, args.saves)
-    d, n = cost["digests"], cost["sizes only"]
+    cost = digest_cost(acc, model, opt, sched, tok, step, args.saves, args.verbose)
+    d, n, h = cost["digests"], cost["sizes only"], cost["hash pass"]
     print(f"  synchronous write of {cost['bytes'] / 2**20:.1f} MiB: {1e3 * d:.1f} ms with digests, "
-          f"{1e3 * n:.1f} ms with sizes only: digests cost {100 * (d / n - 1):+.1f}% of the write")
+          f"{1e3 * n:.1f} ms with sizes only: digests cost {100 * (d / n - 1):+.1f}% of the write "
+          f"(the hash pass itself: {1e3 * h:.1f} ms, {cost['bytes'] / h / 1e9:.2f} GB/s, overlapping the flush)")
 
 
 if __name__ == "__main__":
