@@ -8,16 +8,20 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import math
 import os
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 
 OUTPUT_MARKER = ".ladder-output"  # in every directory written by output_dir()
+FOREIGN_STALE_AFTER = 24 * 3600.0  # s: an unfinished set another host left beside an output
 
 
 class OutputError(ValueError):
@@ -93,38 +97,47 @@ def finite_or_none(v: Any) -> float | None:
 # ---------------------------------------------------------------------------- output sets
 
 
-def check_output_dir(out: str | os.PathLike, owned: Iterable[str] = ()) -> Path:
-    """Refuse, before any work, an ``--out`` that is a file or a directory holding files no
-    ladder command wrote there (it would be replaced as a whole). New, empty, or earlier output
-    (the marker, or only ``owned`` names and plots) is fine."""
+# Names that versions before every output was a marked set wrote into an output directory
+# outside its set (the calibration cache in place, `ladder status --predict` into
+# predictions/partial/). Frozen: what decides ownership is the marker, never this list.
+LEGACY_UNMARKED = frozenset({"calibration.json", "partial"})
+
+
+def is_output_set(d: Path) -> bool:
+    """Whether ``d`` is a directory a ladder command wrote as a set (it holds the marker)."""
+    return (d / OUTPUT_MARKER).is_file()
+
+
+def check_output_dir(out: str | os.PathLike) -> Path:
+    """Refuse, before any work, an ``--out`` that is a file or a directory ladder did not write
+    (it would be replaced as a whole). New, empty, or a set ladder wrote (its marker) is fine."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out}: exists and is not a directory")
-    if out.is_dir():
-        names = {p.name for p in out.iterdir()}
-        if names and OUTPUT_MARKER not in names:
-            foreign = sorted(n for n in names - set(owned) if not n.endswith(".png"))
-            if foreign:
-                raise OutputError(f"--out {out}: holds files ladder did not write ({', '.join(foreign[:3])}); "
-                                  f"give a new or empty directory")
+    if out.is_dir() and not is_output_set(out):
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in LEGACY_UNMARKED)
+        if foreign:
+            raise OutputError(f"--out {out}: holds files ladder did not write ({', '.join(foreign[:3])}); "
+                              f"give a new or empty directory")
     return out
 
 
 @contextlib.contextmanager
-def output_dir(out: str | os.PathLike, owned: Iterable[str] = ()) -> Iterator[Path]:
+def output_dir(out: str | os.PathLike, writer: str = "ladder") -> Iterator[Path]:
     """Write a command's outputs as one set: yields a fresh directory beside ``out``; when the
     block succeeds it replaces ``out`` whole, so a kill leaves the old set or the new one, never
     a mix, and files of the old set the new one lacks (last run's plots) are gone. On failure
-    the new set is removed and ``out`` is untouched."""
-    out = check_output_dir(out, owned).absolute()
+    the new set is removed and ``out`` is untouched. Two writers of one ``out`` at once each
+    swap in a whole set; the last one stays. ``writer`` (the command) goes into the marker."""
+    out = check_output_dir(out).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale_outputs(out)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-{os.getpid()}-"))
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-{_writer_tag()}-"))
     try:
         os.chmod(tmp, dir_mode())
         yield tmp
-        marker = tmp / OUTPUT_MARKER
-        marker.write_text("written by ladder: this directory is replaced as a whole on each run\n")
+        atomic_write_text(tmp / OUTPUT_MARKER, f"written by {writer}: this directory is replaced "
+                                               f"as a whole on each run\n")
         _swap_in(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -143,9 +156,14 @@ def _exchange(a: Path, b: Path) -> bool:
 
 def _swap_in(tmp: Path, out: Path) -> None:
     if not out.exists():
-        os.rename(tmp, out)
-    elif not _exchange(tmp, out):  # no atomic exchange here: two renames, repaired if cut
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        try:
+            os.rename(tmp, out)
+            return
+        except OSError as e:  # another writer's set arrived first: exchange with it below
+            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+    if not _exchange(tmp, out):  # no atomic exchange here: two renames, repaired if cut
+        old = out.with_name(f".{out.name}.old-{_writer_tag()}")
         os.rename(out, old)
         os.rename(tmp, out)
         shutil.rmtree(old, ignore_errors=True)
@@ -162,13 +180,31 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _writer_tag() -> str:
+    """pid@host: a results directory on a shared file system is written from several hosts
+    (a SLURM job on a compute node, `ladder status --predict` on a login node)."""
+    return f"{os.getpid()}@{socket.gethostname().replace('-', '_')}"
+
+
+def _left_by_dead_writer(tag: str, mtime: float) -> bool:
+    pid, _, host = tag.partition("@")
+    if not pid.isdigit():
+        return False
+    if host and host != socket.gethostname().replace("-", "_"):  # another host's: by age only
+        return time.time() - mtime > FOREIGN_STALE_AFTER
+    return not _pid_alive(int(pid))
+
+
 def sweep_stale_outputs(out: Path) -> None:
     """Remove sets left beside ``out`` by killed writers; if a kill fell between the two renames
-    of the fallback swap, put the old set back."""
+    of the fallback swap, put the old set back. Another host's are left to age out."""
     for p in out.parent.glob(f".{out.name}.*-*"):
         kind, _, rest = p.name[len(out.name) + 2:].partition("-")
-        pid = rest.split("-")[0]
-        if kind not in ("tmp", "old") or not pid.isdigit() or _pid_alive(int(pid)):
+        try:
+            mtime = p.stat().st_mtime
+        except FileNotFoundError:  # its writer finished meanwhile
+            continue
+        if kind not in ("tmp", "old") or not _left_by_dead_writer(rest.split("-")[0], mtime):
             continue
         if kind == "old" and not out.exists():
             os.rename(p, out)

@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from ladder.strict_yaml import StrictYAMLError, load_yaml_file, load_yaml_text
 
-from ladder.strict_yaml import StrictYAMLError, load_yaml_file
-
-
+MAX_SEED = 2**63  # seeds are signed 64-bit integers where they reach torch and numpy
+# Field metadata: keys that may change between restarts (the one rule: ladder/restarts.py).
+OPERATIONAL = {"restart": "operational"}  # how or where it runs, never its numbers
+LADDER = {"restart": "ladder"}  # which runs the ladder has; a run ignores it, a sweep not
 
 
 class RecipeError(ValueError):
@@ -58,7 +59,7 @@ def _preset_names() -> list[str]:
 
 @dataclass
 class ModelConfig:
-    sizes: list[str] = field(default_factory=lambda: ["tiny-25k"])
+    sizes: list[str] = field(default_factory=lambda: ["tiny-25k"], metadata=LADDER)
     # 'embedded' = a byte-level BPE trained on the corpus and cached; 'olmo' = the OLMo tokenizer
     # JSON shipped in ai2-olmo-eval; otherwise a local directory/tokenizer.json or a hub id.
     tokenizer: str = "embedded"
@@ -127,11 +128,11 @@ class TrainConfig:
     final_lr_fraction: float = 0.1
     decay_fraction: float = 0.2  # wsd: share of steps in the final linear decay
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU
-    compile: bool = False
+    compile: bool = field(default=False, metadata=OPERATIONAL)
     seed: int = 0
     # Intra-op threads on CPU (null = torch's default). Tiny models gain nothing from threads and
     # lose a lot when cores are shared; one thread per run lets a sweep train runs side by side.
-    cpu_threads: int | None = None
+    cpu_threads: int | None = field(default=None, metadata=OPERATIONAL)
 
     def __post_init__(self) -> None:
         need(self.seq_len >= 8, "seq_len", "must be >= 8", self.seq_len)
@@ -170,10 +171,10 @@ class EvaluationConfig:
     count: int = 20  # evenly spaced evaluations per run (plus the final step)
     early: int = 4  # extra log-spaced evaluations before the first evenly spaced one
     interval: int | None = None  # steps; overrides count/early when set
-    batch_size: int = 16  # validation sequences per forward pass
+    batch_size: int = field(default=16, metadata=OPERATIONAL)  # validation sequences per pass
     tasks: str | None = None  # downstream tasks (ladder.eval.scorer); null = validation loss only
     task_limit: int | None = None
-    task_batch_size: int = 16
+    task_batch_size: int = field(default=16, metadata=OPERATIONAL)
 
     def __post_init__(self) -> None:
         need(self.count >= 1, "count", "must be >= 1", self.count)
@@ -245,28 +246,33 @@ class TargetConfig:
              f"must be a known size ({', '.join(_preset_names())})", self.size)
         need(self.d is not None or self.multiplier is not None, "", "needs 'd' (tokens) or 'multiplier'",
              self.name)
+        need(self.n is None or self.n > 0, "n", "must be a positive parameter count", self.n)
+        for key in ("d", "multiplier"):
+            v = getattr(self, key)
+            need(v is None or (v > 0 and math.isfinite(v)), key, "must be a positive number", v)
 
 
 @dataclass
 class Recipe:
-    name: str = "ladder"
+    name: str = field(default="ladder", metadata=LADDER)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    multipliers: list[float] = field(default_factory=lambda: [1.0])
-    seeds: list[int] = field(default_factory=lambda: [0])
+    multipliers: list[float] = field(default_factory=lambda: [1.0], metadata=LADDER)
+    seeds: list[int] = field(default_factory=lambda: [0], metadata=LADDER)
     train: TrainConfig = field(default_factory=TrainConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    targets: list[TargetConfig] = field(default_factory=list)
-    sweep: SweepConfig = field(default_factory=SweepConfig)
-    # The SLURM backend's section (cluster defaults, per-size resources), validated by
-    # ladder.sweep.slurm.SlurmConfig, which the recipe must not import.
-    slurm: dict[str, Any] = field(default_factory=dict)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, metadata=OPERATIONAL)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig, metadata=OPERATIONAL)
+    targets: list[TargetConfig] = field(default_factory=list, metadata=LADDER)
+    sweep: SweepConfig = field(default_factory=SweepConfig, metadata=OPERATIONAL)
+    # Backends' settings, checked by each backend (ladder/sweep/backend.py): SLURM's (cluster
+    # defaults, per-size resources) in `slurm:`, any other's in `backends.<name>`.
+    slurm: dict[str, Any] = field(default_factory=dict, metadata=OPERATIONAL)
+    backends: dict[str, Any] = field(default_factory=dict, metadata=OPERATIONAL)
     # DDP/FSDP, micro-batch and activation checkpointing per size (operational), validated by
     # ladder.train.parallel.
-    parallel: dict[str, Any] = field(default_factory=dict)
+    parallel: dict[str, Any] = field(default_factory=dict, metadata=OPERATIONAL)
     source: str = field(default="<dict>", metadata={"internal": True})
 
     def __post_init__(self) -> None:
@@ -274,6 +280,8 @@ class Recipe:
         for i, m in enumerate(self.multipliers):
             need(m > 0 and math.isfinite(m), f"multipliers[{i}]", "must be a positive number", m)
         need(bool(self.seeds), "seeds", "must list at least one seed", self.seeds)
+        for i, s in enumerate(self.seeds):
+            need(0 <= s < MAX_SEED, f"seeds[{i}]", "must be in [0, 2^63)", s)
         names = [tg.name for tg in self.targets]
         for i, tg in enumerate(self.targets):
             need(names.count(tg.name) == 1, f"targets[{i}].name", "must be unique", tg.name)
@@ -284,6 +292,7 @@ class Recipe:
         return d
 
     def hash(self) -> str:
+        """Of every key (run.json's recipe_hash); a sweep's science hash is ladder/restarts.py's."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -419,15 +428,15 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
     """``train.lr=3e-3`` -> data['train']['lr'] = 3e-3. Values are parsed as YAML scalars/lists;
     unknown keys are caught by the same validation as the file."""
-    data = json.loads(json.dumps(data))  # deep copy
+    data = json.loads(json.dumps(data))  # deep copy; the loader bounded its expanded size
     for ov in overrides:
         if "=" not in ov:
             raise RecipeError(f"{source}: override {ov!r} must look like KEY=VALUE (e.g. train.lr=1e-3)")
         key, raw = ov.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError as e:
-            raise RecipeError(f"{source}: override {key!r}: cannot parse value {raw!r} ({e})") from e
+        try:  # bounded like the file: an alias bomb in a value is refused before the copy
+            value = load_yaml_text(raw, f"{source}: override {key!r}") if raw != "" else None
+        except StrictYAMLError as e:
+            raise RecipeError(str(e)) from None
         parts = key.strip().split(".")
         node = data
         for i, part in enumerate(parts[:-1]):

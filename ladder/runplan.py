@@ -32,6 +32,11 @@ def paper_lr(n_params: int, seq_len: int) -> float:
     return lr / 4 if seq_len >= 4096 else lr
 
 
+def multiplier_label(multiplier: float) -> str:
+    """The multiplier as run names write it ('5' in 190M-5xC): six significant digits."""
+    return f"{multiplier:g}"
+
+
 @dataclass
 class RunPlan:
     """Everything one run needs beyond the recipe: the numbers derived for (size, multiplier)."""
@@ -53,9 +58,8 @@ class RunPlan:
 
     @property
     def name(self) -> str:
-        m = f"{self.multiplier:g}"
         s = f"-s{self.seed}" if len(self.recipe.seeds) > 1 or self.seed != self.recipe.seeds[0] else ""
-        return f"{self.size}-{m}xC{s}"
+        return f"{self.size}-{multiplier_label(self.multiplier)}xC{s}"
 
     @property
     def tokens_per_step(self) -> int:

@@ -235,3 +235,61 @@ def test_predict_7b_calibrated(olmo_ladder_dir, tmp_path):
         pytest.approx([5.4, 3.4], abs=0.05)
     assert "Beyond the backtests: 7B-4T extrapolates the ladder in N by 5.4x (the backtests " \
            "reached 3.4x)" in (out / "report.md").read_text()
+
+
+COMMANDS = {  # the three commands that read ladders, each as fast as it goes
+    "predict": (["--target-name", "1B", "--target-n", "1.28e9", "--target-d", "2.6e10",
+                 "--calibration", "none", "--n-boot", "40", "--no-plots"], "predictions.json"),
+    "backtest": (["--holdout", "760M"], "backtest.json"),
+    "plan-ladder": (["--holdout", "760M", "--only-drops", "--no-plots"], "plan.json"),
+}
+
+
+def _just_started(tmp_path, synth):
+    """A rung that has just started (run.json, empty metrics.jsonl) and a header-only export."""
+    started = tmp_path / "1B-1xC"
+    started.mkdir()
+    (started / "run.json").write_text(json.dumps({"name": "1B-1xC", "size": "1B", "multiplier": 1.0}))
+    (started / "metrics.jsonl").write_text("")
+    header = tmp_path / "1B-2xC.csv"
+    header.write_text(synth[0].read_text().split("\n", 1)[0] + "\n")
+    return started, header
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_runs_without_evaluations_are_skipped_or_refused(ladder_here, synth, tmp_path, command):
+    """`ladder predict runs/*` mid-sweep: an IndexError traceback before. Skipped with one
+    warning each while other runs remain; one line and exit 2 when none has an evaluation."""
+    args, output = COMMANDS[command]
+    started, header = _just_started(tmp_path, synth)
+    r = ladder_here(command, *synth, started, header, *args, "--tasks", "hellaswag", "--out", tmp_path / "o")
+    assert r.returncode == 0, r.stderr
+    for run in (started, header):
+        said = [ln for ln in r.stderr.splitlines() if str(run) in ln]
+        assert len(said) == 1 and "no evaluations yet" in said[0] and "skipped" in said[0], r.stderr
+    assert (tmp_path / "o" / output).exists()
+    if command == "predict":  # the prediction says what it was made without
+        (pred,) = json.loads((tmp_path / "o" / output).read_text())
+        assert any(str(started) in w for w in pred["warnings"])
+    r = ladder_here(command, started, header, *args, "--tasks", "hellaswag", "--out", tmp_path / "none")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert str(started) in r.stderr and "no evaluations yet" in r.stderr and "nothing to fit" in r.stderr
+    assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_full_disk_names_the_output_directory(ladder_here, synth, tmp_path, monkeypatch, command):
+    """ENOSPC comes from write()/fsync() with no file name: the message named no file before
+    (plan-ladder: a traceback). Now one line naming --out, and no set left half-written."""
+    import errno
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    args, _ = COMMANDS[command]
+    out = tmp_path / "o"
+    r = ladder_here(command, *synth, *args, "--tasks", "hellaswag", "--out", out)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == \
+        f"ladder: error: cannot write the outputs in {out}: No space left on device", r.stderr
+    assert "Traceback" not in r.stderr and not out.exists() and not list(tmp_path.glob(".o*"))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
+from analysis.files import OUTPUT_MARKER
 from analysis.predict import Target
 from analysis.progress import PlannedRung, predict_progress
 from analysis.runlog import RunLogWriter, read_run
@@ -58,17 +59,103 @@ def half_sweep(tmp_path_factory):
 def test_status_predict_on_a_half_finished_sweep(half_sweep):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     res = subprocess.run([sys.executable, "-m", "ladder", "status", str(half_sweep.dir),
-                          "--predict", "--n-boot", "30"], capture_output=True, text=True, env=env,
+                          "--predict", "--n-boot", "40"], capture_output=True, text=True, env=env,
                          timeout=900)
     assert res.returncode == 0, res.stderr
     assert "partial-ladder predictions from 7 of 9 rungs finished" in res.stdout
-    out = half_sweep.predictions_dir / "partial"
+    out = half_sweep.partial_predictions_dir  # a set of its own, beside the final one
+    assert (out / OUTPUT_MARKER).is_file() and not half_sweep.predictions_dir.exists()
     rows = json.loads((out / "predictions.json").read_text())
     assert [r["target"] for r in rows] == ["tiny-160k-8xC"]
     r = rows[0]
     assert 0 <= r["pred_acc_low"] < r["pred_acc"] < r["pred_acc_high"] <= 1
     assert r["interval"]["calibrated"] and r["grade"]
-    assert "tiny-43k-2xC" in (out / "report.md").read_text() or "7 of 9" in (out / "report.md").read_text()
+    assert "7 of 9" in (out / "report.md").read_text()
+    progress = json.loads((out / "progress.json").read_text())
+    used = [x["name"] for x in progress["rungs"] if x["state"] == "done"]
+    assert len(used) == 7 and "tiny-43k-2xC" not in used
+    assert [x[0] for x in progress["inputs"]["rungs"]] == used
+
+
+def _full_copy(half_sweep, tmp_path, seed=2):
+    """A copy of the half sweep with every rung finished."""
+    sweep = open_sweep(half_sweep.plan.recipe, tmp_path / "sweep")
+    shutil.copytree(half_sweep.dir / "runs", sweep.dir / "runs")
+    rng = np.random.default_rng(seed)
+    for r in sweep.plan.rungs:
+        if r.name in ("tiny-43k-2xC", "tiny-43k-4xC"):
+            (sweep.run_dir(r) / "metrics.jsonl").unlink(missing_ok=True)
+            _write_rung(sweep, r, 1.0, rng)
+    return sweep
+
+
+def test_watching_again_keeps_the_set_until_another_rung_finishes(half_sweep, tmp_path):
+    """`ladder status --predict` run every minute by a watcher: while no rung finishes, the set
+    it wrote stays as it is (no refit, no new W&B run); a newly finished rung makes a new one."""
+    from ladder.sweep.predict import predict_so_far
+
+    sweep = open_sweep(half_sweep.plan.recipe, tmp_path / "sweep")
+    shutil.copytree(half_sweep.dir / "runs", sweep.dir / "runs")
+    first, files, fresh = predict_so_far(sweep, n_boot=30)
+    assert fresh and "7 of 9" in first
+    stamp = files["json"].stat().st_mtime_ns
+    again, files, fresh = predict_so_far(sweep, n_boot=30)
+    assert not fresh and again == first and files["json"].stat().st_mtime_ns == stamp
+    r = next(r for r in sweep.plan.rungs if r.name == "tiny-43k-2xC")
+    (sweep.run_dir(r) / "metrics.jsonl").unlink()
+    _write_rung(sweep, r, 1.0, np.random.default_rng(3))
+    later, files, fresh = predict_so_far(sweep, n_boot=30)
+    assert fresh and "8 of 9" in later
+
+
+def test_watching_while_the_final_prediction_is_written(half_sweep, tmp_path, monkeypatch):
+    """The pair that broke the demo: mid-sweep predictions, then the sweep's own final set.
+    A `status --predict` that runs while the final set is being written (here: from inside its
+    report writer) changes nothing the final set owns, and both end whole."""
+    import analysis.report
+    from ladder.sweep.predict import predict_so_far, predict_sweep
+
+    sweep = _full_copy(half_sweep, tmp_path)
+    real = analysis.report.write_report
+    seen = []
+
+    def write_report_while_watched(preds, out, *a, **k):
+        if Path(out).name.startswith(".predictions.tmp-"):  # the final set's writer
+            seen.append(predict_so_far(sweep, n_boot=30)[2])
+        return real(preds, out, *a, **k)
+
+    monkeypatch.setattr(analysis.report, "write_report", write_report_while_watched)
+    preds, files = predict_sweep(sweep, n_boot=30, plots=False, echo=lambda m: None)
+    assert seen == [True]
+    final, partial = sweep.predictions_dir, sweep.partial_predictions_dir
+    assert {p.name for p in final.iterdir()} == {OUTPUT_MARKER, "predictions.json", "report.md",
+                                                 "calibration.json"}
+    assert json.loads((final / "predictions.json").read_text())[0]["target"] == "tiny-160k-8xC"
+    assert (partial / OUTPUT_MARKER).is_file() and (partial / "progress.json").is_file()
+    assert not list(sweep.dir.glob(".predictions*"))  # no half-written set left behind
+
+
+def test_an_old_layout_with_predictions_partial_is_predicted_over(half_sweep, tmp_path, ladder_here):
+    """Sweeps left by earlier versions hold predictions/partial/ (and calibration.json written in
+    place) without the set's marker: a rerun's final prediction replaces them, exit 0."""
+    sweep = _full_copy(half_sweep, tmp_path)
+    old = sweep.predictions_dir / "partial"
+    old.mkdir(parents=True)
+    (old / "predictions.json").write_text("[]\n")
+    (old / "report.md").write_text("# old\n")
+    (sweep.predictions_dir / "calibration.json").write_text("{}\n")
+    r = ladder_here("sweep", sweep.dir / "recipe.yaml", "--out", sweep.dir, "--predict-only",
+                    "--n-boot", "40", "--no-plots")
+    assert r.returncode == 0, r.stderr
+    assert not old.exists() and (sweep.predictions_dir / OUTPUT_MARKER).is_file()
+    assert json.loads((sweep.predictions_dir / "predictions.json").read_text())[0]["pred_acc"] > 0
+    # a directory ladder did not write is still refused, by its missing marker
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "predictions.json").write_text("my own notes\n")
+    r = ladder_here("predict", *sorted((sweep.dir / "runs").glob("*")), "--target-name", "t",
+                    "--target-n", "1e6", "--target-d", "1e8", "--tasks", "corpus", "--out", foreign)
+    assert r.returncode == 2 and "holds files ladder did not write (predictions.json)" in r.stderr
 
 
 def test_missing_rungs_widen_the_interval(half_sweep, tmp_path):
@@ -104,16 +191,10 @@ def test_missing_rungs_widen_the_interval(half_sweep, tmp_path):
 
 def test_final_sweep_predictions_are_calibrated_and_the_calibration_kept(half_sweep, tmp_path):
     """Once every rung is done, the sweep's own prediction step calibrates its intervals on the
-    rungs' backtests, keeps calibration.json with the set, and reuses it when run again."""
+    rungs' backtests, keeps calibration.json inside the set, and reuses it when run again."""
     from ladder.sweep.predict import predict_sweep
 
-    sweep = open_sweep(half_sweep.plan.recipe, tmp_path / "sweep")
-    shutil.copytree(half_sweep.dir / "runs", sweep.dir / "runs")
-    rng = np.random.default_rng(2)
-    for r in sweep.plan.rungs:
-        if r.name in ("tiny-43k-2xC", "tiny-43k-4xC"):
-            (sweep.run_dir(r) / "metrics.jsonl").unlink(missing_ok=True)
-            _write_rung(sweep, r, 1.0, rng)
+    sweep = _full_copy(half_sweep, tmp_path)
     said = []
     preds, files = predict_sweep(sweep, n_boot=30, plots=False, echo=said.append)
     rows = json.loads((sweep.predictions_dir / "predictions.json").read_text())

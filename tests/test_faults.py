@@ -392,8 +392,12 @@ def test_bad_inputs_are_one_line_errors(tmp_path, synth, finished, recipe_file, 
     for name, data in bad_recipes.items():
         (tmp_path / name).write_bytes(data)
     cases = [
-        (("predict", *synth, *target, "--n-boot", n, "--out", tmp_path / "p"), ["--n-boot must be at least 20"])
-        for n in ("0", "-5", "19")] + [
+        (("predict", *synth, *target, "--n-boot", n, "--out", tmp_path / "p"), ["--n-boot must be at least 40"])
+        for n in ("0", "-5", "39")] + [
+        (("predict", *synth, *target, "--seed", "-1", "--out", tmp_path / "p"), ["--seed", "[0, 2^63)"]),
+        (("sweep", recipe_file, "--dry-run", "--n-boot", "20"), ["--n-boot must be at least 40"]),
+        (("train", recipe_file, "--seed", "-1", "--out", tmp_path / "t"), ["--seed", "[0, 2^63)"]),
+        (("train", recipe_file, "--cache", a_file, "--out", tmp_path / "t"), ["--cache", "not a directory"]),
         (("predict", *synth, "--target-name", "x", "--target-n", "inf", "--target-d", "1e9", "--out",
           tmp_path / "p"), ["--target-n", "positive finite"]),
         (("predict", *synth[:2], *target, "--out", tmp_path / "p"), ["at least 3 runs"]),
@@ -426,7 +430,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, synth, finished, recipe_file, 
     t = tmp_path / "t"  # at most the outcome a scheduler reads (status.json: bad input)
     assert (not t.exists() or [p.name for p in t.iterdir()] == ["status.json"]) and not list(tmp_path.glob(".*tmp*"))
     # the same through the real command line: one line, exit 2
-    one_line_error(ladder("predict", *synth, *target, "--n-boot", "19", "--out", tmp_path / "p"), "--n-boot")
+    one_line_error(ladder("predict", *synth, *target, "--n-boot", "39", "--out", tmp_path / "p"), "--n-boot")
 
 
 def test_thin_ladders_and_far_targets_are_said_once(tmp_path, synth, capsys):
@@ -451,3 +455,20 @@ def test_status_survives_a_garbage_run_json(tmp_path, recipe_file, capsys):
     (run / "run.json").write_text("[1, 2, 3]")
     res = in_process(capsys, "status", tmp_path / "S")
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+
+
+def test_a_damaged_cached_tokenizer_is_named(tmp_path):
+    """A cached tokenizer cut short made `ladder train` say only "Expecting property name
+    enclosed in double quotes": now the entry is named, with the way out."""
+    from ladder.data.errors import DataError
+    from ladder.data.tokenizer import load_tokenizer
+    from ladder.recipe import ModelConfig
+
+    entry = tmp_path / "tokenizers" / "bpe-512-abc"
+    entry.mkdir(parents=True)
+    (entry / "tokenizer.json").write_text('{"version": "1.0", "trunc')
+    with pytest.raises(DataError) as e:
+        load_tokenizer(ModelConfig(tokenizer_vocab_size=512), train_docs=[], corpus_hash="abc",
+                       cache=tmp_path)
+    assert str(entry) in str(e.value) and "remove that directory" in str(e.value)
+    assert "\n" not in str(e.value)

@@ -4,7 +4,9 @@ over valid inputs; every case must either read into something physically valid o
 the reader's own one-line error, never a traceback, and never accept a known-bad input."""
 
 import json
+import math
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -138,21 +140,56 @@ def test_fuzz_run_directory_reader(tmp_path):
 
 
 RECIPE_TEXT = (ROOT / "recipes" / "tiny-cpu.yaml").read_text()
+TARGET_NUMBERS = ["0", "-5", ".nan", ".inf", "-.inf", "1e-300", "0.0", "9223372036854775808"]
+
+
+def mutate_recipe(text: str, rng: random.Random) -> tuple[str, str]:
+    """:func:`mutate`, or a mistake only a recipe can make: an item of a list repeated (two
+    rungs on one run directory), or a target's or seed's number made hostile."""
+    lines = text.split("\n")
+    kind = rng.choice(["generic", "generic", "repeat_item", "target_number"])
+    if kind == "repeat_item":
+        i = rng.choice([i for i, ln in enumerate(lines) if re.search(r": \[[^]]+\]", ln)])
+        head, items = lines[i].split("[", 1)
+        items = [x.strip() for x in items.split("]", 1)[0].split(",")]
+        items.insert(rng.randrange(len(items) + 1), rng.choice(items))
+        lines[i] = f"{head}[{', '.join(items)}]"
+        return "\n".join(lines), kind
+    if kind == "target_number":
+        i = rng.choice([i for i, ln in enumerate(lines) if "multiplier: " in ln or ln.startswith("seeds:")])
+        field = "seeds" if lines[i].startswith("seeds") else rng.choice(["multiplier", "n", "d"])
+        value = rng.choice(TARGET_NUMBERS)
+        lines[i] = (f"seeds: [{value}]" if field == "seeds" else
+                    re.sub(r"multiplier: [^,}]+", f"{field}: {value}", lines[i]))
+        return "\n".join(lines), f"{kind} {field}={value}"
+    return mutate(text, rng)
+
+
+def _sweep_can_finish(plan) -> None:
+    """What an accepted recipe guarantees the sweep: one run directory per run, targets with
+    positive finite N and D, seeds torch and numpy take."""
+    names = [r.name for _, r in plan.all_runs()]
+    assert len(set(names)) == len(names), names
+    for t in plan.targets:
+        assert t.n > 0 and math.isfinite(t.d) and t.d > 0 and plan.ladder_flops / t.flops > 0
+    assert all(0 <= s < 2**63 for s in plan.recipe.seeds)
 
 
 def test_fuzz_recipe_loader(tmp_path):
     rng = random.Random(7)
     accepted = refused = 0
     for case in range(250):
-        text, kind = mutate(RECIPE_TEXT, rng)
+        text, kind = mutate_recipe(RECIPE_TEXT, rng)
         p = tmp_path / f"r{case}.yaml"
         p.write_text(text, errors="replace")
         try:
-            plan_sweep(load_recipe(p))
-            accepted += 1
+            plan = plan_sweep(load_recipe(p))
         except (RecipeError, SweepError) as e:
             assert str(p) in str(e) and "\n" not in str(e), (kind, str(e))
             refused += 1
+            continue
+        _sweep_can_finish(plan)
+        accepted += 1
     assert accepted > 10 and refused > 50, (accepted, refused)
 
 

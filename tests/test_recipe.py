@@ -1,3 +1,6 @@
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -144,3 +147,131 @@ def test_from_dict_defaults_and_hash():
     assert a.hash() != b.hash() and a.hash() == from_dict({}).hash()
     assert a.evaluation.tasks is None and a.optimizer.betas == [0.9, 0.95]
     assert a.optimizer.weight_decay == 0.1 and a.optimizer.grad_clip == 1.0
+
+
+# ---------------------------------------------------------------------------- bounded parsing
+
+BOMB = "\n".join([f"l0: &l0 [{', '.join(['lol'] * 9)}]"] + [
+    f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]) + "\nname: bomb\n"
+MEASURE = """
+import json, sys, time, tracemalloc
+from ladder.cli import main
+
+def command():
+    try:
+        return main(sys.argv[1:])
+    except SystemExit as e:
+        return e.code
+
+def peak_rss_mb():  # VmHWM starts afresh at exec; getrusage's maxrss keeps the forking parent's
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+
+rss0 = peak_rss_mb()
+rc = command()  # cold: imports the command's modules
+rss = peak_rss_mb() - rss0
+t0 = time.perf_counter()
+command()  # warm: the refusal itself
+seconds = time.perf_counter() - t0
+tracemalloc.start()
+command()  # traced: what the refusal allocates
+peak = tracemalloc.get_traced_memory()[1]
+print(json.dumps({"rc": rc, "seconds": seconds, "peak_mb": peak / 2**20, "rss_growth_mb": rss}))
+"""
+
+
+def test_alias_bomb_is_refused_within_a_second_and_100_mb(tmp_path):
+    """9 lines expanding to 9^9 = 387M strings: `ladder plan` used to spend ~55 s and 3.1 GB before
+    a MemoryError traceback. Measured around the command in a fresh process: its peak resident
+    memory (imports included), then the refusal's time and Python allocations once imported
+    (import time on 2 shared cores is noise, not the bound this test guards)."""
+    p = write(tmp_path, BOMB)
+    res = subprocess.run([sys.executable, "-c", MEASURE, "plan", str(p)], capture_output=True,
+                         text=True, cwd=ROOT, timeout=120)
+    m = json.loads(res.stdout.strip().splitlines()[-1])
+    assert m["rc"] == 2 and res.stderr.strip().count("\n") == 2, res.stderr  # once per call
+    assert str(p) in res.stderr and "alias" in res.stderr
+    assert m["seconds"] < 1.0 and m["peak_mb"] < 100 and m["rss_growth_mb"] < 100, m
+
+
+@pytest.mark.parametrize("text, what", [
+    ("a: &a [x, x]\nb: &b [*a, *a]\nc: {<<: *a}\n", "not valid YAML"),  # merge of a list
+    ("x: " + "[" * 60_000, "nest"),  # libyaml: "nesting depth"; PyYAML's own reader: "nested"
+    ("\n".join(["l0: &l0 [1]"] + [f"l{i}: &l{i} [*l{i - 1}]" for i in range(1, 100)]), "deeper than 64"),
+    ("a: &a {x: 1, y: 2}\n" + "".join(f"b{i}: &b{i} {{" + ", ".join(f"k{j}: *{'a' if i == 0 else f'b{i - 1}'}"
+                                                                   for j in range(9)) + "}\n"
+                                      for i in range(8)), "more than 100,000 values"),  # mappings
+    ("a: &a [1, *a]\n", "contains it"),  # a node that contains itself
+    ("train:\n" + "".join(" " * i + f"k{i}:\n" for i in range(1, 100)), "deeper than 64"),
+])
+def test_hostile_yaml_is_one_line(tmp_path, text, what):
+    p = write(tmp_path, text)
+    with pytest.raises(RecipeError) as e:
+        load_recipe(p)
+    assert what in str(e.value) and str(p) in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("reader", ["python", "libyaml"])
+def test_both_readers_bound_nesting_and_aliases(reader):
+    """PyYAML's own reader (where libyaml is missing) scans '[' in time quadratic in their depth
+    and recurses per level: it is capped as it reads, not after a RecursionError."""
+    from ladder.strict_yaml import READERS, StrictYAMLError, load_yaml_text
+
+    if reader not in READERS:
+        pytest.skip("PyYAML without libyaml")
+    for text, what in (("x: " + "[" * 60_000, "nest"), ("- " * 30_000 + "x", "nest"),
+                       ("x:\n" + "".join(" " * i + f"k{i}:\n" for i in range(1, 300)), "nest"),
+                       (BOMB, "more than 100,000 values"), ("a: 1\na: 2\n", "given twice")):
+        with pytest.raises(StrictYAMLError, match=what):
+            load_yaml_text(text, "r.yaml", reader)
+    assert load_yaml_text((ROOT / "recipes/olmo-ladder.yaml").read_text(), "r", reader)["name"] == "olmo-ladder"
+
+
+def test_size_cap_and_bombs_in_overrides(tmp_path):
+    from ladder.strict_yaml import MAX_BYTES
+
+    big = write(tmp_path, "name: big\n" + "#" * MAX_BYTES + "\n")
+    with pytest.raises(RecipeError, match="larger than 64 KiB"):
+        load_recipe(big)
+    levels = ["&l0 [" + ", ".join(["1"] * 10) + "]"] + [
+        f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 6)]
+    value = "[" + ", ".join(levels) + "]"  # 10^6 values in six short lists
+    with pytest.raises(RecipeError, match=r"override 'multipliers': more than 100,000 values"):
+        load_recipe(ROOT / "recipes/tiny-cpu.yaml", [f"multipliers={value}"])
+    ok = load_recipe(ROOT / "recipes/tiny-cpu.yaml", ["model.sizes=[&s tiny-9k]", "targets=[]"])
+    assert ok.model.sizes == ["tiny-9k"]  # anchors themselves are fine
+
+
+# ---------------------------------------------------------------------------- plan-time checks
+
+
+@pytest.mark.parametrize("override, key", [
+    ("targets=[{name: t, n: 0, d: 1e9}]", "targets[0].n"),
+    ("targets=[{name: t, size: tiny-82k, multiplier: 0}]", "targets[0].multiplier"),
+    ("targets=[{name: t, n: 1000, d: -5}]", "targets[0].d"),
+    ("targets=[{name: t, n: 1000, d: .nan}]", "targets[0].d"),
+    ("targets=[{name: t, size: tiny-82k, multiplier: .inf}]", "targets[0].multiplier"),
+    ("seeds=[0, -1]", "seeds[1]"),
+    ("seeds=[9223372036854775808]", "seeds[0]"),
+    ("multipliers=[1, 2, 1.0]", "multipliers[2]"),
+    ("multipliers=[1, 1.0000001]", "multipliers[1]"),  # different numbers, one run name (1xC)
+    ("model.sizes=[tiny-9k, tiny-25k, tiny-9k]", "model.sizes[2]"),
+    ("seeds=[3, 3]", "seeds[1]"),
+    ("targets=[{name: a, size: tiny-82k, multiplier: 1, train: true}, "
+     "{name: b, size: tiny-82k, multiplier: 1, train: true}]", "targets[1]"),  # one run directory
+])
+def test_plan_refuses_what_would_fail_the_sweep(ladder_here, override, key):
+    """Each of these passed `plan` and `--dry-run` and failed later (ZeroDivisionError, a seed
+    torch refuses, two rungs on one run directory whose lock admits only one)."""
+    recipe = ROOT / "recipes/tiny-cpu.yaml"
+    r = ladder_here("plan", recipe, override)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert r.stderr.count("\n") == 1 and f"'{key}'" in r.stderr and str(recipe) in r.stderr, r.stderr
+
+
+def test_sweep_dry_run_refuses_a_repeated_multiplier(ladder_here, tmp_path):
+    r = ladder_here("sweep", ROOT / "recipes/tiny-cpu.yaml", "--dry-run", "--out", tmp_path / "s",
+                    "multipliers=[1, 2, 2]")
+    assert r.returncode == 2 and "'multipliers[2]'" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert not (tmp_path / "s").exists()

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,8 @@ from ladder.sweep.sweepdir import open_sweep
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def ladder_cli(*args, cwd=None, timeout=900):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+def ladder_cli(*args, cwd=None, timeout=900, env=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", **(env or {})}
     return subprocess.run([sys.executable, "-m", "ladder", *map(str, args)], capture_output=True,
                           text=True, env=env, cwd=cwd, timeout=timeout)
 
@@ -112,16 +113,68 @@ MICRO = [
 ]
 
 
+def one_line_or_ok(r) -> bool:
+    """A command run beside a sweep either works (0, or 1 for a flagged fit) or is refused in
+    one line with exit 2; never a traceback."""
+    if r.returncode in (0, 1):
+        return True
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    return r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr
+
+
+def watch_sweep(out: Path, running, *, once=None, tick=lambda: None, every=8.0, env=None,
+                timeout=1200):
+    """What a user in another terminal does while a sweep trains: `ladder status --predict`
+    again and again, and ``once(out)`` when three rungs are done. Returns every status result."""
+    seen, did_once = [], False
+    deadline = time.monotonic() + timeout
+    while running():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{out}: the sweep did not end in {timeout}s")
+        tick()
+        r = ladder_cli("status", out, "--predict", "--n-boot", "50", timeout=300, env=env)
+        seen.append(r)
+        if once is not None and not did_once and "from 3 of" in r.stdout:
+            once(out)
+            did_once = True
+        time.sleep(every)
+    return seen
+
+
 @pytest.fixture(scope="module")
 def micro_sweep(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sweep") / "micro"
-    r = ladder_cli("sweep", ROOT / "recipes" / "tiny-cpu.yaml", *MICRO, "--out", out,
-                   "--parallel", "2", "--n-boot", "50")
-    return out, r
+    """The micro ladder through `ladder sweep`, watched from another terminal meanwhile:
+    `status --predict` repeatedly; once three rungs are done, `sweep --predict-only` (refused by
+    the sweep's lock), `ladder predict SWEEP/runs/*` and W&B reading the offline runs."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    out = tmp / "micro"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    argv = [sys.executable, "-m", "ladder", "sweep", str(ROOT / "recipes" / "tiny-cpu.yaml"), *MICRO,
+            "--out", str(out), "--parallel", "2", "--n-boot", "50"]
+    side = {}
+
+    def once(out):
+        side["predict_only"] = ladder_cli("sweep", ROOT / "recipes" / "tiny-cpu.yaml", *MICRO,
+                                          "--out", out, "--predict-only", timeout=300)
+        side["predict_runs"] = ladder_cli("predict", *sorted((out / "runs").iterdir()),
+                                          "--target-name", "t", "--target-n", "2e5",
+                                          "--target-d", "2e7", "--tasks", "corpus", "--n-boot", "50",
+                                          "--no-plots", "--out", tmp / "mid", timeout=300)
+        side["wandb_read"] = subprocess.run(
+            [str(Path(sys.executable).with_name("wandb")), "sync", "--dry-run",
+             *map(str, out.glob("runs/*/wandb/offline-run-*"))], capture_output=True, text=True,
+            env=env, cwd=out, timeout=300)
+
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env) as proc:
+        watched = watch_sweep(out, lambda: proc.poll() is None, once=once)
+        stdout, stderr = proc.communicate(timeout=900)
+    r = subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+    return out, r, watched, side
 
 
 def test_micro_sweep_trains_every_rung_and_predicts_the_held_out_target(micro_sweep):
-    out, r = micro_sweep
+    out, r, _, _ = micro_sweep
     assert r.returncode in (0, 1), r.stdout + r.stderr  # 1 = a fit flagged as not converged
     manifest = json.loads((out / "sweep.json").read_text())
     assert [x["name"] for x in manifest["runs"]] == [
@@ -142,17 +195,16 @@ def test_micro_sweep_trains_every_rung_and_predicts_the_held_out_target(micro_sw
     for run in manifest["runs"]:
         offline = list((Path(run["run_dir"]) / "wandb").glob("offline-run-*"))
         assert len(offline) == 1, run["name"]
-    pred_runs = list((out / "wandb").glob("offline-run-*"))
-    assert len(pred_runs) == 1
-    tables = list(pred_runs[0].glob("files/media/table/predictions*.table.json"))
-    assert tables, "the predictions table was not written"
+    tables = list((out / "wandb").glob("offline-run-*/files/media/table/predictions_*.table.json"))
+    assert len(tables) == 1, "the final predictions table was not written once"
     table = json.loads(tables[0].read_text())
+    assert table["data"][0][table["columns"].index("rungs_used")].startswith("4 of 4: ")
     assert "pred_acc" in table["columns"] and table["data"][0][table["columns"].index("target")] == "micro-target"
     assert "logged predictions to W&B (offline) in group micro" in r.stderr
 
 
 def test_rerun_skips_finished_rungs_and_status_reports_them(micro_sweep):
-    out, _ = micro_sweep
+    out, _, _, _ = micro_sweep
     r = ladder_cli("sweep", ROOT / "recipes" / "tiny-cpu.yaml", *MICRO, "--out", out,
                    "--no-predict")
     assert r.returncode == 0, r.stderr
@@ -160,3 +212,42 @@ def test_rerun_skips_finished_rungs_and_status_reports_them(micro_sweep):
     s = ladder_cli("status", out, "--json")
     rows = json.loads(s.stdout.split("\npredictions:")[0])
     assert {x["state"] for x in rows} == {"done"} and len(rows) == 5
+
+
+def test_watching_a_sweep_never_breaks_it(micro_sweep):
+    """The demo-shaped sweep watched with `ladder status --predict` while it trains: every
+    watcher's command works or is refused in one line, the sweep still ends with its final
+    predictions, and the mid-sweep set stays a set of its own."""
+    out, r, watched, side = micro_sweep
+    assert r.returncode in (0, 1), r.stdout + r.stderr  # 1 = a fit flagged as not converged
+    assert len(watched) >= 3 and all(one_line_or_ok(w) for w in watched), \
+        [w.stderr for w in watched if not one_line_or_ok(w)]
+    assert any("partial-ladder predictions from 3 of 4 rungs" in w.stdout for w in watched), \
+        [w.stdout[-300:] + w.stderr for w in watched]
+    # the three commands run once three rungs were done
+    po = side["predict_only"]
+    assert po.returncode == 2 and "is in use by" in po.stderr and one_line_or_ok(po), po.stderr
+    assert one_line_or_ok(side["predict_runs"]), side["predict_runs"].stderr
+    assert side["wandb_read"].returncode == 0, side["wandb_read"].stderr
+    # the final set and the mid-sweep set, each whole, each with its marker
+    final = json.loads((out / "predictions" / "predictions.json").read_text())
+    assert final[0]["target"] == "micro-target" and (out / "predictions" / ".ladder-output").is_file()
+    partial = out / "predictions-partial"
+    progress = json.loads((partial / "progress.json").read_text())
+    assert (partial / ".ladder-output").is_file() and progress["predictions"]
+    assert not list(out.glob(".predictions*")) and not (out / "predictions" / "partial").exists()
+    # W&B: the mid-sweep run and the final one each say which rungs they were fitted on
+    used = set()
+    for t in out.glob("wandb/offline-run-*/files/media/table/predictions*.table.json"):
+        table = json.loads(t.read_text())
+        used |= {row[table["columns"].index("rungs_used")] for row in table["data"]}
+    rungs = ["tiny-9k-1xC", "tiny-9k-2xC", "tiny-25k-1xC", "tiny-25k-2xC"]
+    assert "4 of 4: " + ", ".join(rungs) in used, used
+    done = [x["name"] for x in progress["rungs"] if x["state"] == "done"]
+    assert f"{len(done)} of 4: " + ", ".join(done) in used, (done, used)
+    # and later commands on the directory the watchers left: all work
+    again = ladder_cli("sweep", ROOT / "recipes" / "tiny-cpu.yaml", *MICRO, "--out", out,
+                       "--predict-only", "--n-boot", "50", "--no-plots")
+    assert again.returncode in (0, 1), again.stderr
+    s = ladder_cli("status", out)
+    assert s.returncode == 0 and "partial predictions:" in s.stdout, s.stdout + s.stderr

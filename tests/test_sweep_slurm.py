@@ -1,6 +1,7 @@
 """`ladder sweep --backend slurm` on a real single-node SLURM cluster: a 2x2 micro ladder of real
-`ladder train` rungs as job arrays, a rung killed mid-run and requeued, and the dependent
-prediction job writing predictions.json. Run with `pytest -m slurm` (.ci/run does)."""
+`ladder train` rungs as job arrays, a rung killed mid-run and requeued, `ladder status --predict`
+run again and again meanwhile, and the dependent prediction job writing predictions.json. Run
+with `pytest -m slurm` (.ci/run does)."""
 
 import json
 import os
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from analysis.runlog import read_run
-from tests.test_sweep import MICRO
+from tests.test_sweep import MICRO, one_line_or_ok, watch_sweep
 
 pytestmark = pytest.mark.slurm
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,8 +57,14 @@ def test_micro_ladder_on_slurm_with_a_killed_rung_and_dependent_prediction(
     killed = subprocess.run(["pkill", "-KILL", "-f", f"[-]-out {victim}"], capture_output=True)
     assert killed.returncode == 0, "the rung's trainer process was not found"
 
+    # Watched from another terminal until the dependent prediction job has written its set.
     pred = out / "predictions" / "predictions.json"
-    _wait(pred.exists, 900, "the dependent prediction job's predictions.json", out, slurm_cluster)
+    watched = watch_sweep(out, lambda: not pred.exists(), tick=slurm_cluster.expedite_requeued,
+                          every=5.0, env=slurm_cluster.env, timeout=900)
+    assert watched and all(one_line_or_ok(w) for w in watched), [w.stderr for w in watched]
+    assert any("partial-ladder predictions from 3 of 4" in w.stdout for w in watched), \
+        [w.stdout[-300:] + w.stderr for w in watched]
+    assert (out / "predictions-partial" / "progress.json").is_file()
     preds = json.loads(pred.read_text())
     assert [(p["task"], p["target"]) for p in preds] == [("corpus_cont", "micro-target")]
     assert preds[0]["actual_acc"] is not None

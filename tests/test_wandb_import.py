@@ -334,3 +334,29 @@ def test_service_retries_are_bounded_unless_the_user_sets_them(monkeypatch):
     monkeypatch.setenv("WANDB__GRAPHQL_TIMEOUT_SECONDS", "60")
     _bound_retries(fake, 7)
     assert got == [{"x_graphql_retry_max": 5, "x_graphql_retry_wait_max_seconds": 7.0}]
+
+
+def test_names_that_clean_to_one_directory_get_their_own(tmp_path):
+    """'run/a' and 'run a' both clean to 'run_a': the second was reported 'already imported' and
+    never imported, or with --force overwrote the first. Each now has a directory, found again."""
+    first = RecordedRun("190M run/a", [_eval_row(1, 10), _eval_row(2, 20)], run_id="w1", created=0)
+    second = RecordedRun("190M run a", [_eval_row(1, 10, loss=1.7)], run_id="w2", created=1)
+    api = RecordedApi([first, second])
+    res = import_project("e/p", tmp_path, api=api, log=lambda s: None)
+    assert [(r.status, r.path.name) for r in res] == [("imported", "190M_run_a"),
+                                                      ("imported", "190M_run_a-w2")]
+    runs = read_runs([tmp_path / "190M_run_a", tmp_path / "190M_run_a-w2"])  # distinct names
+    assert [(r.name, r.n_evals) for r in runs] == [("190M run/a", 2), ("190M run a", 1)]
+    again = import_project("e/p", tmp_path, api=api, log=lambda s: None)
+    assert [(r.status, r.path.name) for r in again] == [("skipped", "190M_run_a"),
+                                                        ("skipped", "190M_run_a-w2")]
+    forced = import_project("e/p", tmp_path, ImportOptions(force=True), api=api, log=lambda s: None)
+    assert [r.path.name for r in forced] == ["190M_run_a", "190M_run_a-w2"]
+    assert [read_run(r.path).name for r in forced] == ["190M run/a", "190M run a"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["190M_run_a", "190M_run_a-w2"]
+    # imported alone first, the second keeps the plain directory; the first then takes its suffix
+    alone = tmp_path / "alone"
+    import_project("e/p", alone, api=RecordedApi([second]), log=lambda s: None)
+    both = import_project("e/p", alone, api=api, log=lambda s: None)
+    assert [(r.status, r.path.name) for r in both] == [("imported", "190M_run_a-w1"),
+                                                       ("skipped", "190M_run_a")]

@@ -184,7 +184,7 @@ def test_sweep_predictions_fall_back_to_offline_when_online_fails(monkeypatch, t
     from types import SimpleNamespace
 
     import ladder.wandb.report as report
-    from ladder.sweep.predict import _log_to_wandb
+    from ladder.sweep.predict import log_sweep_predictions
 
     modes = []
 
@@ -196,14 +196,15 @@ def test_sweep_predictions_fall_back_to_offline_when_online_fails(monkeypatch, t
     monkeypatch.setattr(report, "log_predictions", fake_log)
     tracking = SimpleNamespace(wandb=True, mode="online", project="p", entity=None, group=None)
     sweep = SimpleNamespace(recipe=SimpleNamespace(tracking=tracking, name="micro"), dir=tmp_path,
-                            predictions_dir=tmp_path / "predictions")
+                            plan=SimpleNamespace(rungs=["a", "b"]))
+    files = {"json": tmp_path / "predictions" / "predictions.json"}
     said = []
-    _log_to_wandb(sweep, [], {}, said.append)
+    log_sweep_predictions(sweep, [], files, said.append, ["a", "b"])
     assert modes == ["online", "offline"]
     assert "W&B online failed" in said[0] and "wandb sync" in said[1]
     # offline failing too: a warning that points at the files on disk, nothing raised
     modes.clear(), said.clear()
     tracking.mode = "offline"
     monkeypatch.setattr(report, "log_predictions", lambda *a, **k: (_ for _ in ()).throw(OSError("disk")))
-    _log_to_wandb(sweep, [], {}, said.append)
+    log_sweep_predictions(sweep, [], files, said.append, ["a", "b"])
     assert len(said) == 1 and "could not log predictions" in said[0] and "predictions" in said[0]

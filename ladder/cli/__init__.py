@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("ladder.cli.sweep", "run a recipe's whole ladder (local or SLURM), then predict"),
     "eval-runs": ("ladder.cli.eval_runs", "score kept checkpoints offline and merge into run logs"),
     "status": ("ladder.cli.status", "show the state of each rung of a sweep"),
+    "cancel": ("ladder.cli.cancel", "stop a sweep's rungs (they keep their checkpoints)"),
     "predict": ("ladder.cli.predict", "fit two-step laws on run logs and predict a target"),
     "backtest": ("ladder.cli.backtest", "hold out the largest rungs and predict them from the rest"),
     "observe": ("ladder.cli.observe", "observational scaling law across public models"),

@@ -12,7 +12,8 @@ import json
 import sys
 import time
 
-from ladder.cli.predict import add_config_arguments, add_tokens_argument, config_from_args, fail
+from ladder.cli.predict import (add_config_arguments, add_tokens_argument, config_from_args, fail,
+                                os_error)
 
 
 def add_arguments(p) -> None:
@@ -34,9 +35,6 @@ def add_arguments(p) -> None:
                         "final tokens (default 0.5)")
     g.add_argument("--step1-min-tokens", type=float, metavar="TOKENS",
                    help="intermediate step-1 points: also drop checkpoints before TOKENS tokens")
-
-
-OUTPUT_FILES = ("backtest.json", "backtest.md", "calibration.json")
 
 
 def run(args) -> int:
@@ -61,7 +59,7 @@ def run(args) -> int:
         from ladder.cli.predict import check_n_boot
         if args.intervals:
             check_n_boot(args.n_boot)
-        check_output_dir(args.out, OUTPUT_FILES)
+        check_output_dir(args.out)
         args.actual = None
         runs, tasks, _ = load_inputs(args)
         scenarios = ([[s.strip() for s in h.split(",") if s.strip()] for h in args.holdout]
@@ -78,14 +76,16 @@ def run(args) -> int:
         out = Path(args.out)
         doc = {"config": config.to_json(),
                "scenarios": [r.to_json(coverage.get("+".join(r.holdout))) for r in results]}
-        with output_dir(out, OUTPUT_FILES) as tmp:  # the files replace the old set together
+        with output_dir(out, "ladder backtest") as tmp:  # the files replace the old set together
             if lc is not None:
                 from analysis.practice.calibrate import save_calibration
                 doc["calibration"] = lc.calibration.to_json()
                 save_calibration(lc, tmp / "calibration.json")
             atomic_write_text(tmp / "backtest.json", json.dumps(json_safe(doc), indent=2) + "\n")
             atomic_write_text(tmp / "backtest.md", backtest_markdown(results, coverage=coverage))
-    except (RunLogError, KeyError, ValueError, FitError, RuntimeError, OSError) as e:
+    except OSError as e:
+        return fail(os_error(e, args.out))
+    except (RunLogError, KeyError, ValueError, FitError, RuntimeError) as e:
         return fail(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
     for r in results:
         c = coverage.get("+".join(r.holdout))

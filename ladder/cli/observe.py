@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         from analysis.files import check_output_dir, output_dir
-        check_output_dir(args.out, OUTPUT_FILES)
+        check_output_dir(args.out)
         table = load_benchmark_table(args.bench_csv, args.join)
         _check_table(table, args)
         if args.split_file:
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
             table, args.target, split, predictors=predictors, n_components=args.pcs,
             ref_family=args.ref_family, level=args.interval, n_boot=args.n_boot, seed=args.seed,
             method=args.method, chance=args.chance_level, validation=args.validation)
-        with output_dir(args.out, OUTPUT_FILES) as tmp:  # written as one set
+        with output_dir(args.out, "ladder observe") as tmp:  # written as one set
             result.write(tmp, plots=not args.no_plots)
     except (ObservationalError, OSError, ValueError) as e:
         print(f"ladder observe: error: {e}", file=sys.stderr)
@@ -102,9 +102,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"  {m['interval']['level']:.0%} interval coverage on test: {m['interval']['coverage_test']:.0%}")
     print(f"  fit {m['fit_seconds'] * 1e3:.1f} ms; results in {args.out}")
     return 0
-
-
-OUTPUT_FILES = ("metrics.json", "predictions.csv")
 
 
 def _check_table(table, args) -> None:

@@ -13,16 +13,20 @@ def add_arguments(p) -> None:
     p.add_argument("recipe", metavar="RECIPE", help="recipe YAML")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--backend", default=None,
+                   help="whose resources the per-size report uses (default: the backend the recipe "
+                        "has settings for, else local)")
 
 
 def run(args) -> int:
     import json
 
     from ladder.recipe import RecipeError, load_recipe
-    from ladder.sweep.plan import plan_sweep, plan_table, run_flops
 
     try:
-        plan = plan_sweep(load_recipe(args.recipe, args.overrides))
+        recipe = load_recipe(args.recipe, args.overrides)  # a bad recipe waits for no other import
+        from ladder.sweep.plan import plan_sweep, plan_table, run_flops
+        plan = plan_sweep(recipe)
     except (RecipeError, KeyError, ValueError, OSError) as e:
         print(f"ladder plan: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -37,15 +41,17 @@ def run(args) -> int:
                          "ladder_fraction": plan.ladder_flops / t.flops} for t in plan.targets],
         }, indent=2))
     else:
+        from ladder.sweep.backend import BackendError, backend_class, default_backend
         from ladder.sweep.checks import eval_report, size_report
-        from ladder.sweep.slurm import SlurmConfig
 
-        cfg = (SlurmConfig.from_dict(plan.recipe.slurm, f"{plan.recipe.source}: slurm",
-                                     known_sizes=[r.size for _, r in plan.all_runs()])
-               if plan.recipe.slurm else None)
+        try:
+            backend = backend_class(args.backend or default_backend(plan.recipe)).from_plan(plan)
+        except BackendError as e:
+            print(f"ladder plan: error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         print(plan_table(plan))
         print("\nper size (memory per process: estimate, see ladder/sweep/estimate.py):")
-        print(size_report(plan, cfg))
+        print(size_report(plan, backend))
         print()
         print(eval_report(plan))
     return 0

@@ -16,7 +16,7 @@ import json
 import sys
 import time
 
-from ladder.cli.predict import _number, add_config_arguments, config_from_args, fail
+from ladder.cli.predict import _number, add_config_arguments, config_from_args, fail, os_error
 
 
 def add_arguments(p) -> None:
@@ -43,9 +43,6 @@ def _split(text: str) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
 
 
-OUTPUT_FILES = ("plan.json", "plan.md")
-
-
 def run(args) -> int:
     t0 = time.perf_counter()
     from analysis.fit import FitError
@@ -62,7 +59,7 @@ def run(args) -> int:
             raise ValueError(f"--budget-error {args.budget_error}: expected a positive number of points")
         config = config_from_args(args)
         from analysis.files import check_output_dir, output_dir
-        check_output_dir(args.out, OUTPUT_FILES)
+        check_output_dir(args.out)
         args.actual = None
         runs, tasks, _ = load_inputs(args)
         target_c = 6.0 * args.target_n * args.target_d if args.target_n else None
@@ -70,7 +67,9 @@ def run(args) -> int:
                            drops=[_split(d) for d in args.drop],
                            budget_error=None if args.budget_error is None else args.budget_error / 100,
                            target_compute=target_c, include_systematic=not args.only_drops)
-    except (RunLogError, KeyError, ValueError, FitError, RuntimeError, OSError) as e:
+    except OSError as e:
+        return fail(os_error(e, args.out))
+    except (RunLogError, KeyError, ValueError, FitError, RuntimeError) as e:
         return fail(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
     out = Path(args.out)
     doc = {"config": config.to_json(), "target_name": args.target_name, **plan.to_json()}
@@ -84,11 +83,14 @@ def run(args) -> int:
             f"{rec.compute / plan.full.compute:.0%} of the full grid's compute, "
             f"MAE {100 * rec.mae:.2f})." if rec else "no grid is within the budget.") + "\n")
     md = "".join(lines)
-    with output_dir(out, OUTPUT_FILES) as tmp:  # written as one set
-        atomic_write_text(tmp / "plan.json", json.dumps(doc, indent=2) + "\n")
-        atomic_write_text(tmp / "plan.md", md)
-        if not args.no_plots:
-            plot_plan(plan, tmp / "plan.png")
+    try:
+        with output_dir(out, "ladder plan-ladder") as tmp:  # written as one set
+            atomic_write_text(tmp / "plan.json", json.dumps(doc, indent=2) + "\n")
+            atomic_write_text(tmp / "plan.md", md)
+            if not args.no_plots:
+                plot_plan(plan, tmp / "plan.png")
+    except OSError as e:  # a full disk: one line naming the directory, the old set kept
+        return fail(os_error(e, out))
     print(md.split("\n", 2)[2].rstrip())
     print(f"wrote {out / 'plan.json'}, {out / 'plan.md'}"
           + ("" if args.no_plots else f", {out / 'plan.png'}")

@@ -1,6 +1,7 @@
 """`ladder status SWEEP_DIR [--predict]`: per-rung state (queued/running/done/failed, tokens,
-last loss) from SLURM and the run logs; with --predict, the targets' predictions from the rungs
-finished so far (analysis.progress), written to SWEEP_DIR/predictions/partial/."""
+last loss) from SLURM and the run logs, and where the sweep's predictions are; with --predict,
+the targets' predictions from the rungs finished so far (analysis.progress), written as a set of
+their own to SWEEP_DIR/predictions-partial/, safe to run at any time and as often as wanted."""
 
 from __future__ import annotations
 
@@ -20,71 +21,52 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     from ladder.recipe import RecipeError
-    from ladder.sweep.slurm import JOBS_JSON, SLURM_SUBDIR, SlurmError
-    from ladder.sweep.slurm_status import status
-    from ladder.sweep.local import local_status
+    from ladder.sweep.backend import BackendError, backend_class, backend_of
     from ladder.sweep.plan import SweepError
+    from ladder.sweep.slurm import SlurmError
     from ladder.sweep.sweepdir import load_sweep
 
     try:
         sweep = load_sweep(args.sweep_dir)
-        if (Path(args.sweep_dir) / SLURM_SUBDIR / JOBS_JSON).exists():
-            st = status(args.sweep_dir)
-            print(json.dumps(st.to_json(), indent=2) if args.json else st.table())
-        else:
-            rows = local_status(sweep)
-            if args.json:
-                print(json.dumps(rows, indent=2))
-            else:
-                for r in rows:
-                    tok = f"{r['tokens']:.4g}/{r['target_tokens']:.4g}" if r["tokens"] else "-"
-                    loss = f"{r['loss']:.4f}" if r["loss"] is not None else "-"
-                    print(f"{r['name']:<24} {r['role']:<7} {r['state']:<8} tokens {tok:<20} "
-                          f"loss {loss}  evals {r['evals']}")
-        pred = sweep.predictions_dir / "predictions.json"
-        print(f"predictions: {pred if pred.exists() else 'not yet'}")
-        return _predict_partial(sweep, args.n_boot) if args.predict else 0
-    except (SweepError, SlurmError, RecipeError, OSError, ValueError) as e:
+        st = backend_class(backend_of(sweep.dir)).from_plan(sweep.plan).status(sweep)
+        print(json.dumps(st.to_json(), indent=2) if args.json else st.table())
+        print(_predictions_line("predictions", sweep.predictions_dir))
+        if args.predict:
+            return _predict_so_far(sweep, args.n_boot)
+        if sweep.partial_predictions_dir.exists():
+            print(_predictions_line("partial predictions", sweep.partial_predictions_dir))
+        return 0
+    except (SweepError, SlurmError, RecipeError, BackendError, OSError, ValueError) as e:
         print(f"ladder status: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 
-def _predict_partial(sweep, n_boot: int) -> int:
-    """Fit the finished rungs, predict every target, write predictions/partial/ and log them to
-    the sweep's W&B group (when the recipe tracks)."""
-    from analysis.fit import FitError
-    from analysis.predict import Target
-    from analysis.progress import PlannedRung, predict_progress
-    from analysis.report import write_report
-    from analysis.runlog import RunLogError, read_run
-    from ladder.sweep.predict import _log_to_wandb, prediction_tasks
-    from ladder.sweep.rundir import run_state
+def _predictions_line(what: str, d) -> str:
+    import time
 
-    plan = sweep.plan
-    rungs, finished = [], []
-    for r in plan.rungs:
-        st = run_state(sweep.run_dir(r))
-        rungs.append(PlannedRung(r.name, float(r.n_params), float(r.target_tokens), st.state,
-                                 st.tokens))
-        if st.state == "done":
-            finished.append(read_run(sweep.run_dir(r)))
+    f = d / "predictions.json"
+    if not f.exists():
+        return f"{what}: not yet"
+    return f"{what}: {f} (written {time.strftime('%Y-%m-%d %H:%M', time.localtime(f.stat().st_mtime))})"
+
+
+def _predict_so_far(sweep, n_boot: int) -> int:
+    """Predict from the finished rungs into predictions-partial/ (logged to the sweep's W&B
+    group when the recipe tracks); kept as it is while no further rung has finished."""
+    from analysis.fit import FitError
+    from analysis.runlog import RunLogError
+    from ladder.cli.predict import check_n_boot
+    from ladder.sweep.predict import predict_so_far
+
     try:
-        if not plan.targets:
-            raise ValueError(f"{sweep.recipe.source}: the recipe has no 'targets' to predict")
-        targets = [Target(t.name, t.n, t.d) for t in plan.targets]
-        progress = predict_progress(finished, rungs, targets, prediction_tasks(sweep.recipe),
-                                    n_boot=n_boot)
-        out = sweep.predictions_dir / "partial"
-        files = write_report(progress.predictions, out, f"{sweep.recipe.name}: predictions from "
-                             f"{len(finished)} of {len(rungs)} rungs", plots=False,
-                             extra=progress.summary() + "\n")
+        check_n_boot(n_boot)
+        summary, files, fresh = predict_so_far(sweep, n_boot=n_boot,
+                                               echo=lambda m: print(m, file=sys.stderr))
     except (RunLogError, ValueError, FitError, RuntimeError) as e:
         print(f"ladder status --predict: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print(progress.summary())
-    print(f"partial predictions: {files['json']}")
-    _log_to_wandb(sweep, progress.predictions, files, lambda m: print(m, file=sys.stderr))
+    print(summary)
+    print(f"partial predictions: {files['json']}"
+          + ("" if fresh else " (no rung has finished since they were made)"))
     return 0

@@ -103,10 +103,13 @@ def _check_arguments(args: argparse.Namespace) -> None:
 
     if args.multiplier is not None and not (math.isfinite(args.multiplier) and args.multiplier > 0):
         raise ValueError(f"--multiplier must be a positive number, got {args.multiplier}")
-    if args.seed is not None and args.seed < 0:
-        raise ValueError(f"--seed must be >= 0, got {args.seed}")
-    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
-        raise ValueError(f"--out {args.out}: exists and is not a directory")
+    from ladder.recipe import MAX_SEED
+
+    if args.seed is not None and not 0 <= args.seed < MAX_SEED:
+        raise ValueError(f"--seed must be in [0, 2^63), got {args.seed}")
+    for flag, path in (("--out", args.out), ("--cache", args.cache)):
+        if path and Path(path).exists() and not Path(path).is_dir():
+            raise ValueError(f"{flag} {path}: exists and is not a directory")
 
 
 def _storage_failure(args: argparse.Namespace, e: OSError) -> int:

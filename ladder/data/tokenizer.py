@@ -94,7 +94,12 @@ def load_tokenizer(model: ModelConfig, train_docs: list | None = None,
         d = atomic_dir(cache_dir(cache) / "tokenizers" / key,
                         lambda tmp: train_bpe_tokenizer([x.text for x in train_docs],
                                                         model.tokenizer_vocab_size, tmp))
-        return AutoTokenizer.from_pretrained(d)
+        try:
+            return AutoTokenizer.from_pretrained(d)
+        except Exception as e:  # noqa: BLE001 - a damaged cache entry: say which, and the way out
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+            raise DataError(f"{d}: the cached tokenizer cannot be read ({why}); remove that "
+                            f"directory to train it again") from e
     if spec == "olmo":
         return _wrap_tokenizer_file(olmo_tokenizer_file(field), field)
     p = Path(os.path.expanduser(spec))

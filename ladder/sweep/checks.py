@@ -3,8 +3,8 @@ a mistake found after the ladder trained (nothing to predict, no GPU requested, 
 costs the whole ladder's compute.
 
 Checks: targets defined; the tasks to predict resolve and their request data is installed; the
-tokenizer and the training data are reachable from here; every GPU-sized rung asks for GPUs (and
-fits their memory when ``slurm.gpu_memory_gib`` is given)."""
+tokenizer and the training data are reachable from here; then the backend's own (SLURM: every
+GPU-sized rung asks for GPUs, and fits their memory when ``slurm.gpu_memory_gib`` is given)."""
 
 from __future__ import annotations
 
@@ -105,39 +105,42 @@ def _data_check(recipe) -> Check:
     return Check("data", True, f"{len(files)} file(s)")
 
 
-def _gpu_checks(plan, slurm_cfg, estimates: dict[str, float]) -> list[Check]:
+def gpu_checks(plan, backend, estimates: dict[str, float]) -> list[Check]:
+    """A cluster backend's checks: every GPU-sized rung asks for GPUs, and fits their memory
+    where the backend knows it (``backend.device_memory_gib``)."""
     from ladder.presets import get_preset
 
     out = []
     for size in dict.fromkeys(r.size for _, r in plan.all_runs()):
-        res = slurm_cfg.resources(size)
+        res = backend.resources(size)
         if not get_preset(size).tiny and res.gpus_per_node < 1:
-            out.append(Check(f"GPUs for {size}", False, f"slurm: a {size} rung asks for no GPU "
-                             f"(set slurm.sizes.{size}.gpus_per_node)"))
+            out.append(Check(f"GPUs for {size}", False, f"{backend.name}: a {size} rung asks for "
+                             f"no GPU (set {backend.name}.sizes.{size}.gpus_per_node)"))
             continue
-        gib = getattr(slurm_cfg, "gpu_memory_gib", None)
-        if gib and res.gpus_per_node and estimates[size] > GPU_HEADROOM * gib * GIB:
+        gib = backend.device_memory_gib(size)
+        if gib and estimates[size] > GPU_HEADROOM * gib * GIB:
             out.append(Check(f"memory of {size}", False, f"estimated {estimates[size] / GIB:.1f} GiB "
                              f"per GPU > {GPU_HEADROOM:.0%} of {gib} GiB: lower parallel.sizes.{size}."
                              f"micro_batch_size, or use activation_checkpointing / strategy: fsdp"))
     return out
 
 
-def presubmit_checks(plan, *, predict: bool, slurm_cfg=None) -> list[Check]:
+def presubmit_checks(plan, *, predict: bool, backend=None) -> list[Check]:
+    """The checks every sweep gets, then those of its backend (``backend.checks``)."""
     checks = [Check("targets", bool(plan.targets) or not predict,
                     ", ".join(t.name for t in plan.targets) if plan.targets
                     else "the recipe has no 'targets' to predict")]
     checks += [_tasks_check(plan.recipe, predict), _tokenizer_check(plan.recipe), _data_check(plan.recipe)]
-    if slurm_cfg is not None:
-        est = {size: m.total for size, (m, _) in size_estimates(plan, slurm_cfg).items()}
-        checks += _gpu_checks(plan, slurm_cfg, est)
+    if backend is not None:
+        est = {size: m.total for size, (m, _) in size_estimates(plan, backend).items()}
+        checks += backend.checks(plan, est)
     return checks
 
 
 # ---------------------------------------------------------------------------- the report
 
 
-def size_estimates(plan, slurm_cfg=None) -> dict:
+def size_estimates(plan, backend=None) -> dict:
     """size -> (memory estimate per process, parallel settings) for every size the sweep trains."""
     from ladder.sweep.estimate import memory_estimate
     from ladder.train.parallel import parallel_config
@@ -148,7 +151,7 @@ def size_estimates(plan, slurm_cfg=None) -> dict:
         if r.size in out:
             continue
         s = par.for_size(r.size)
-        res = slurm_cfg.resources(r.size) if slurm_cfg is not None else None
+        res = backend.resources(r.size) if backend is not None else None
         procs = res.num_processes if res is not None else 1
         per_proc = r.batch_seqs // procs
         micro = min(s.micro_batch_size or plan.recipe.train.micro_batch_size, max(1, per_proc))
@@ -160,14 +163,14 @@ def size_estimates(plan, slurm_cfg=None) -> dict:
     return out
 
 
-def size_report(plan, slurm_cfg=None) -> str:
+def size_report(plan, backend=None) -> str:
     from ladder.sweep.plan import _columns
 
     head = ("size", "nodes", "GPUs/node", "procs", "strategy", "micro", "act.ckpt", "time", "mem",
             "partition", "est. GiB/proc", "(params+grads+optim / activations / logits)")
     rows = [head]
-    for size, (m, (s, procs, micro, bf16)) in size_estimates(plan, slurm_cfg).items():
-        res = slurm_cfg.resources(size) if slurm_cfg is not None else None
+    for size, (m, (s, procs, micro, bf16)) in size_estimates(plan, backend).items():
+        res = backend.resources(size) if backend is not None else None
         rows.append((size, str(res.nodes if res else 1), str(res.gpus_per_node if res else 0), str(procs),
                      s.strategy, str(micro), "yes" if s.activation_checkpointing else "no",
                      (res.time or "-") if res else "-", (res.mem or "-") if res else "-",

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ladder.exit_codes import DONE, GIVE_UP, REQUEUE, next_action
-from ladder.sweep.launcher import Job, local_argv
+from ladder.sweep.launcher import Job, Resources, local_argv
 from ladder.sweep.sweepdir import Sweep
 
 MAX_REQUEUES = 100  # a rung preempted this often is stuck, not unlucky
@@ -182,13 +182,105 @@ def _wait_for_run_dir(job: Job, echo, timeout: float = 600.0) -> None:
             wait_for_release(job.run_dir, timeout)
 
 
-def local_status(sweep: Sweep) -> list[dict[str, Any]]:
+class LocalStatus(list):
+    """Per rung: name, role, state (done / partial / new), tokens, last loss, evaluations."""
+
+    def table(self) -> str:
+        lines = []
+        for r in self:
+            tok = f"{r['tokens']:.4g}/{r['target_tokens']:.4g}" if r["tokens"] else "-"
+            loss = f"{r['loss']:.4f}" if r["loss"] is not None else "-"
+            lines.append(f"{r['name']:<24} {r['role']:<7} {r['state']:<8} tokens {tok:<20} "
+                         f"loss {loss}  evals {r['evals']}")
+        return "\n".join(lines)
+
+    def to_json(self) -> list:
+        return list(self)
+
+
+def local_status(sweep: Sweep) -> LocalStatus:
     from ladder.sweep.rundir import run_state
 
-    out = []
+    out = LocalStatus()
     for role, r in sweep.plan.all_runs():
         st = run_state(sweep.run_dir(r))
         out.append({"name": r.name, "role": role, "state": st.state, "tokens": st.tokens,
                     "target_tokens": st.target_tokens, "loss": st.loss, "evals": st.evals,
                     "note": st.note})
     return out
+
+
+class LocalBackend:
+    """Rungs on this machine, ``sweep.parallel`` at a time, under the sweep process: it
+    predicts the targets itself when they are done."""
+
+    name = "local"
+
+    def __init__(self, plan):
+        self.plan = plan
+
+    @classmethod
+    def from_plan(cls, plan) -> "LocalBackend":
+        return cls(plan)
+
+    def resources(self, size: str) -> Resources:
+        return Resources()
+
+    def device_memory_gib(self, size: str) -> float | None:
+        return None
+
+    def checks(self, plan, estimates: dict[str, float]) -> list:
+        return []
+
+    def render(self, sweep: Sweep, options) -> str:
+        par = options.parallel or sweep.recipe.sweep.parallel
+        return (f"local: {len(sweep.jobs())} runs, {par} at a time on this machine, each logging "
+                f"to {sweep.dir / 'logs'}/<run>.log; then the targets predicted here")
+
+    def launch(self, sweep: Sweep, options, echo) -> bool:
+        from ladder.sweep.rundir import run_state
+
+        knobs = sweep.recipe.sweep
+        jobs = sweep.jobs()
+        todo = [j for j in jobs if not run_state(j.run_dir).done]
+        echo(f"sweep {sweep.recipe.name}: {len(jobs)} runs in {sweep.dir} "
+             f"({len(jobs) - len(todo)} already done)")
+        outcomes = run_local(todo, sweep.dir / "logs", parallel=options.parallel or knobs.parallel,
+                             max_retries=(options.max_retries if options.max_retries is not None
+                                          else knobs.max_retries), echo=echo)
+        failed = [o for o in outcomes if not o.ok]
+        if failed:
+            raise LocalSweepFailed(failed)
+        return True
+
+    def status(self, sweep: Sweep) -> LocalStatus:
+        return local_status(sweep)
+
+    def cancel(self, sweep: Sweep) -> list[str]:
+        """SIGTERM to the sweep process holding the directory: it stops its rungs in order
+        (each checkpoints); a rerun resumes them."""
+        import socket
+
+        from ladder.sweep.lock import read_holder
+
+        holder = read_holder(sweep.dir)
+        if not holder or holder.get("host") != socket.gethostname():
+            return []
+        try:
+            os.kill(int(holder["pid"]), signal.SIGTERM)
+        except (ProcessLookupError, KeyError, ValueError):
+            return []
+        return [f"pid {holder['pid']} ({holder.get('command', 'ladder sweep')})"]
+
+    @classmethod
+    def owns(cls, sweep_dir: Path) -> bool:
+        return (Path(sweep_dir) / "logs").is_dir()
+
+
+class LocalSweepFailed(RuntimeError):
+    """Some rungs failed for good; the sweep says which and where their logs are."""
+
+    def __init__(self, failed: list[RungOutcome]):
+        self.failed = failed
+        super().__init__(f"{len(failed)} run(s) failed: "
+                         + ", ".join(f"{o.name} (log {o.log})" for o in failed))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ladder.recipe import Recipe, RecipeError
-from ladder.runplan import RunPlan, plan_run
+from ladder.runplan import RunPlan, multiplier_label, plan_run
 from ladder.units import si
 
 
@@ -71,10 +71,11 @@ def plan_sweep(recipe: Recipe) -> SweepPlan:
 
     vocab = planning_vocab_size(recipe)
     src = recipe.source
+    _check_distinct_rungs(recipe)
     rungs = [plan_run(recipe, size, mult, seed, vocab)
              for size in recipe.model.sizes for mult in recipe.multipliers for seed in recipe.seeds]
     targets = []
-    names = {r.name for r in rungs}
+    names = {r.name: "a rung of the ladder; a held-out target must not be fitted on" for r in rungs}
     for i, t in enumerate(recipe.targets):
         where = f"{src}: 'targets[{i}]' ({t.name})"
         if t.size is not None and t.size not in PRESETS:
@@ -97,10 +98,24 @@ def plan_sweep(recipe: Recipe) -> SweepPlan:
                 raise RecipeError(f"{where}: 'train: true' needs a preset 'size' to build the model")
             run = plan_run(recipe, t.size, d / (20 * n), recipe.seeds[0], vocab)
             if run.name in names:
-                raise RecipeError(f"{where}: the target run '{run.name}' is also a rung of the "
-                                  f"ladder; a held-out target must not be fitted on")
+                raise RecipeError(f"{where}: the target run '{run.name}' is also {names[run.name]}")
+            names[run.name] = f"the run of target '{t.name}' (one run directory for both)"
         targets.append(TargetPlan(t.name, n, d, t.size, run))
     return SweepPlan(recipe, rungs, targets)
+
+
+def _check_distinct_rungs(recipe: Recipe) -> None:
+    """A value listed twice names two rungs alike, and they would share one run directory: its
+    lock admits one, and the sweep fails only after the other has trained. Refused at plan time."""
+    axes = (("model.sizes", recipe.model.sizes, str), ("multipliers", recipe.multipliers, multiplier_label),
+            ("seeds", recipe.seeds, str))
+    for key, values, label in axes:
+        first: dict[str, int] = {}
+        for i, v in enumerate(values):
+            j = first.setdefault(label(v), i)
+            if j != i:
+                raise RecipeError(f"{recipe.source}: '{key}[{i}]' ({v!r}) gives the same run names as "
+                                  f"'{key}[{j}]' ({values[j]!r}); list each value once")
 
 
 def plan_table(plan: SweepPlan) -> str:

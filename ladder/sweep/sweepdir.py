@@ -9,7 +9,10 @@ The sweep directory is the unit a user keeps:
   runs/<name>/    one run directory per rung and per trained target (run.json, metrics.jsonl,
                   checkpoints)
   logs/<name>.log the output of each local rung;  slurm/  scripts, job ids, SLURM logs
-  predictions/    predictions.json, report.md, plots (written when every rung is done)
+  predictions/    predictions.json, report.md, plots, calibration.json (written when every
+                  rung is done, as one set)
+  predictions-partial/  the same from the rungs finished so far (`ladder status --predict`),
+                  a set of its own
 
 Rungs are started through the same entry point as ``ladder train``, in their own process, so a
 rung that crashes or is killed costs only that rung, and a rerun resumes it from its checkpoint.
@@ -27,25 +30,15 @@ import yaml
 
 from analysis.files import atomic_write_text
 from ladder.recipe import Recipe, load_recipe
+from ladder.restarts import differences, science_hash
 from ladder.runplan import RunPlan
+from ladder.strict_yaml import StrictYAMLError, load_yaml_file
 from ladder.sweep.launcher import Job, Resources
 from ladder.sweep.plan import SweepError, SweepPlan, plan_sweep
 
 MANIFEST = "sweep.json"
 FROZEN_RECIPE = "recipe.yaml"
-MANIFEST_FORMAT = "ladder-sweep/1"
-# Sections that change how a sweep is run, not what it computes: editing them is allowed.
-OPERATIONAL_SECTIONS = ("sweep", "slurm", "tracking", "parallel")
-
-
-def science_hash(recipe: Recipe) -> str:
-    """Hash of what determines the runs' numbers (not how or where they are run)."""
-    import hashlib
-
-    d = recipe.to_dict()
-    for k in OPERATIONAL_SECTIONS:
-        d.pop(k, None)
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+MANIFEST_FORMAT = "ladder-sweep/2"  # /1 recorded a hash of other sections as recipe_hash
 
 
 @dataclass
@@ -64,7 +57,13 @@ class Sweep:
 
     @property
     def predictions_dir(self) -> Path:
+        """The final prediction set, written when every rung is done."""
         return self.dir / "predictions"
+
+    @property
+    def partial_predictions_dir(self) -> Path:
+        """Predictions from the rungs finished so far (`ladder status --predict`)."""
+        return self.dir / "predictions-partial"
 
     def rung_job(self, plan: RunPlan, resources: Resources = Resources()) -> Job:
         argv = [sys.executable, "-m", "ladder", "train", str(self.dir / FROZEN_RECIPE),
@@ -81,14 +80,17 @@ class Sweep:
         return Job("predict", tuple(argv), None, resources)
 
 
-def open_sweep(recipe: Recipe, sweep_dir: str | os.PathLike, write: bool = True) -> Sweep:
+def open_sweep(recipe: Recipe, sweep_dir: str | os.PathLike, write: bool = True,
+               backend: str | None = None) -> Sweep:
     """Create the sweep directory, or reopen it if it was made from the same recipe. A sweep
     directory made from a different recipe is refused: mixing runs corrupts the fits.
-    ``write=False`` only reads (`ladder status`: works on a read-only sweep, changes nothing)."""
+    ``write=False`` only reads (`ladder status`: works on a read-only sweep, changes nothing).
+    ``backend`` (the one launching it) is recorded; otherwise the recorded one is kept."""
     d = Path(sweep_dir).resolve()
     plan = plan_sweep(recipe)
     h = science_hash(recipe)
     manifest = d / MANIFEST
+    old: dict = {}
     if manifest.exists():
         try:
             old = json.loads(manifest.read_text())
@@ -96,23 +98,27 @@ def open_sweep(recipe: Recipe, sweep_dir: str | os.PathLike, write: bool = True)
             raise SweepError(f"{manifest}: invalid JSON ({e})") from None
         if not isinstance(old, dict):
             raise SweepError(f"{manifest}: not a sweep manifest (a JSON object was expected)")
-        if old.get("recipe_hash") != h:
+        diffs = _ladder_differences(d, old, recipe, h)
+        if diffs:
+            shown = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in diffs[:4])
+            more = f" (and {len(diffs) - 4} more)" if len(diffs) > 4 else ""
             raise SweepError(
-                f"{d} holds a sweep of a different recipe ('{old.get('recipe_name')}', hash "
-                f"{old.get('recipe_hash')}; this recipe '{recipe.name}' from {recipe.source} hashes "
-                f"to {h}). Refusing to mix runs: use another --out directory.")
+                f"{d} holds a sweep of a different recipe ('{old.get('recipe_name')}'; {shown}{more}; "
+                f"this recipe '{recipe.name}' from {recipe.source}). Refusing to mix runs: use "
+                f"another --out directory.")
     sweep = Sweep(d, plan)
     if not write:
         return sweep
     d.mkdir(parents=True, exist_ok=True)
     # The frozen recipe is the source of truth for every rung; rewritten only if operational
-    # sections changed (same science hash).
+    # keys changed (ladder/restarts.py).
     atomic_write_text(d / FROZEN_RECIPE, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     atomic_write_text(manifest, json.dumps({
         "format": MANIFEST_FORMAT,
         "recipe_name": recipe.name,
         "recipe_source": str(recipe.source),
-        "recipe_hash": h,
+        "science_hash": h,  # of the keys that define the ladder's runs (ladder/restarts.py)
+        "backend": backend or old.get("backend"),
         "runs": [{"name": r.name, "role": role, "size": r.size, "multiplier": r.multiplier,
                   "seed": r.seed, "n_params": r.n_params, "target_tokens": r.target_tokens,
                   "run_dir": str(sweep.run_dir(r))} for role, r in plan.all_runs()],
@@ -120,6 +126,20 @@ def open_sweep(recipe: Recipe, sweep_dir: str | os.PathLike, write: bool = True)
                      "run": t.run.name if t.run else None} for t in plan.targets],
     }, indent=2) + "\n")
     return sweep
+
+
+def _ladder_differences(d: Path, manifest: dict, recipe: Recipe, h: str) -> list:
+    """The keys in which ``recipe`` defines other runs than the sweep in ``d``: compared with
+    its frozen recipe, or, where that copy is gone, by the manifest's science hash."""
+    try:
+        frozen = load_yaml_file(d / FROZEN_RECIPE)
+    except (OSError, StrictYAMLError):
+        frozen = None
+    if isinstance(frozen, dict):
+        return differences(frozen, recipe.to_dict(), "ladder")
+    if manifest.get("science_hash") == h:
+        return []
+    return [(f"{FROZEN_RECIPE} (missing or unreadable; hashes)", manifest.get("science_hash"), h)]
 
 
 def load_sweep(sweep_dir: str | os.PathLike) -> Sweep:

@@ -11,41 +11,17 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 from analysis.runlog import RUN_JSON, RunMeta
+from ladder.restarts import differences
 
 # Plan values that identify a run (from run.json's top level).
 PLAN_KEYS = ("name", "n_params", "target_tokens", "batch_tokens", "seed", "corpus_hash",
              "tokenizer_hash", "lr", "total_steps")
-# Recipe sections whose keys change what a run computes...
-RUN_SECTIONS = ("model", "data", "train", "optimizer", "evaluation")
-# ...except these, which change how it runs (threads, compilation, batch sizes of scoring) or
-# only list other rungs: editing them between restarts is allowed.
-OPERATIONAL_KEYS = frozenset({"model.sizes", "train.cpu_threads", "train.compile",
-                              "evaluation.batch_size", "evaluation.task_batch_size"})
 
 
 class RunBindingError(ValueError):
     """The directory holds another run; the message names the keys that differ."""
-
-
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict):
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: d}
-
-
-def recipe_differences(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
-    """(dotted key, old value, new value) of every run-defining recipe key that differs."""
-    new = json.loads(json.dumps(new, default=str))  # compare as run.json stores it
-    a = _flat({k: old.get(k) for k in RUN_SECTIONS})
-    b = _flat({k: new.get(k) for k in RUN_SECTIONS})
-    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
-            if k not in OPERATIONAL_KEYS and a.get(k) != b.get(k)]
 
 
 def check_same_run(run_dir: Path, meta: RunMeta) -> None:
@@ -64,7 +40,7 @@ def check_same_run(run_dir: Path, meta: RunMeta) -> None:
     new = meta.to_json()
     diffs = [(k, old[k], new.get(k)) for k in PLAN_KEYS if k in old and old[k] != new.get(k)]
     if isinstance(old.get("recipe"), dict):
-        diffs += recipe_differences(old["recipe"], new.get("recipe") or {})
+        diffs += differences(old["recipe"], new.get("recipe") or {}, "run")
     if diffs:
         shown = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in diffs[:4])
         more = f" (and {len(diffs) - 4} more)" if len(diffs) > 4 else ""

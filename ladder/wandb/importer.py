@@ -324,9 +324,28 @@ def _already_imported(target: Path) -> dict[str, Any] | None:
         return None
 
 
-def import_run(name: str, runs: list[Any], out_dir: Path, opts: ImportOptions) -> RunResult:
-    """Import one ladder run (several W&B runs when a restart reused the name)."""
-    target = out_dir / safe_dir_name(name)
+def run_dir_for(name: str, runs: list[Any], out_dir: Path, taken: set[str]) -> Path:
+    """``OUT/<cleaned name>``, or ``<cleaned name>-<oldest W&B id>`` where another run holds or
+    claimed it ('a/b', 'a b' -> 'a_b'; sharing one lost a run or let --force overwrite it)."""
+    base = safe_dir_name(name)
+    own = [base, f"{base}-{safe_dir_name(runs[0].id)}"]
+    holders = [(_already_imported(out_dir / d) or {}).get("name") for d in own]
+    for d, holder in zip(own, holders):
+        if holder == name:
+            return out_dir / d
+    if base not in taken and holders[0] is None:
+        return out_dir / base
+    if holders[1] is not None:
+        raise WandbImportError(f"run '{name}': {out_dir / own[0]} and {out_dir / own[1]} hold "
+                               f"other runs ('{holders[0]}', '{holders[1]}'); import it elsewhere")
+    return out_dir / own[1]
+
+
+def import_run(name: str, runs: list[Any], out_dir: Path, opts: ImportOptions,
+               taken: set[str] = frozenset()) -> RunResult:
+    """Import one ladder run (several W&B runs when a restart reused the name); ``taken``: the
+    directories of this import's earlier runs."""
+    target = run_dir_for(name, runs, out_dir, taken)
     for stale in out_dir.glob(f".{target.name}.tmp-*"):  # left by a killed import
         shutil.rmtree(stale, ignore_errors=True)
     prev = _already_imported(target)
@@ -412,14 +431,16 @@ def import_project(path: str, out_dir: str | os.PathLike, opts: ImportOptions | 
     groups = list_runs(api, path, opts)
     if not groups:
         log(f"no runs in '{path}' match the filters")
-    results = []
+    results: list[RunResult] = []
+    taken: set[str] = set()
     for name, runs in groups.items():
         try:
-            res = import_run(name, runs, out, opts)
+            res = import_run(name, runs, out, opts, taken)
         except (WandbImportError, RunLogError, OSError) as e:
             res = RunResult(name, "failed", str(e))
         except Exception as e:  # a W&B/network error mid-history: report, go on
             res = RunResult(name, "failed", f"run '{name}': {type(e).__name__}: {e}")
+        taken.update([res.path.name] if res.path else [])
         log(f"{res.status:>8}  {name}: {res.message}")
         for d in res.dropped[:10]:
             log(f"          dropped {d}")

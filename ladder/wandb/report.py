@@ -18,7 +18,7 @@ from analysis.files import finite_or_none, json_safe
 
 TABLE_COLUMNS = ("task", "target", "grade", "pred_acc", "pred_acc_low", "pred_acc_high",
                  "interval_calibrated", "interval_beyond_backtests", "pred_loss", "actual_acc",
-                 "actual_loss")
+                 "actual_loss", "rungs_used")
 REQUIRED = ("task", "target", "pred_acc")
 
 
@@ -94,13 +94,21 @@ def summary_values(predictions: list[dict[str, Any]]) -> dict[str, float]:
 def log_predictions(predictions: list[dict[str, Any]], plot_paths: list[Path], *, project: str,
                     entity: str | None = None, group: str, name: str = "predictions",
                     mode: str = "online", run_dir: str | os.PathLike,
-                    config: dict[str, Any] | None = None) -> LoggedRun | None:
-    """Create one W&B run (job_type "predict") in ``group`` and log the predictions table,
+                    config: dict[str, Any] | None = None, rungs_used: list[str] | None = None,
+                    rungs_planned: int | None = None) -> LoggedRun | None:
+    """Create one W&B run (job_type "predict") named ``name`` in ``group`` and log the
+    predictions table (under the same key),
     each plot and the summary values. Returns the run's id and local directory; None when
-    ``mode`` is "disabled". Inputs are checked before any run is created."""
+    ``mode`` is "disabled". Inputs are checked before any run is created. ``rungs_used`` (the
+    fitted runs' names, of ``rungs_planned``) goes into the config and a table column, so a
+    mid-sweep table and the final one say which rungs each was fitted on."""
     if mode not in ("online", "offline", "disabled"):
         raise ValueError(f"mode: expected online, offline or disabled, got {mode!r}")
     preds = _as_dicts(predictions)
+    if rungs_used is not None:
+        used = (f"{len(rungs_used)} of {rungs_planned}" if rungs_planned else str(len(rungs_used)))
+        preds = [{**p, "rungs_used": f"{used}: {', '.join(rungs_used)}"} for p in preds]
+        config = {**(config or {}), "rungs_used": list(rungs_used), "rungs_planned": rungs_planned}
     plots = [Path(p) for p in plot_paths]
     missing = [str(p) for p in plots if not p.is_file()]
     if missing:
@@ -120,7 +128,7 @@ def log_predictions(predictions: list[dict[str, Any]], plot_paths: list[Path], *
     try:
         table = wandb.Table(columns=columns,
                             data=[[json_safe(table_row(p).get(c)) for c in columns] for p in preds])
-        payload: dict[str, Any] = {"predictions": table}
+        payload: dict[str, Any] = {name: table}
         for path in plots:
             payload[f"plots/{path.stem}"] = wandb.Image(str(path), caption=path.stem)
         run.log(payload)
