@@ -62,9 +62,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
-    except OSError as e:  # name the file meant, not the temp file (or none: a failed write)
-        Path(tmp).unlink(missing_ok=True)
-        raise OSError(e.errno, e.strerror, str(p)) from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
