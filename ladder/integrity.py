@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-import xxhash  # a dependency of datasets and wandb; XXH3 runs at memory speed
+import xxhash  # XXH3 runs at memory speed (pyproject; also a dependency of datasets and wandb)
 
 ALGORITHM = "xxh3_128"
 _CHUNK = 8 << 20
