@@ -36,9 +36,8 @@ def default_run_dir(recipe: Recipe, plan: RunPlan) -> Path:
 def build_model(plan: RunPlan):
     """The rung's ``Olmo2ForCausalLM``, checked to have the N its plan (tokens, batch, LR, the
     fits) was made with: the plan counts in closed form, without building the model."""
-    from transformers import Olmo2ForCausalLM
-
     from ladder.presets import get_preset, model_params
+    from ladder.train.model import Olmo2ForCausalLM
 
     r = plan.recipe
     config = get_preset(plan.size).config(vocab_size=plan.vocab_size, seq_len=r.train.seq_len,
@@ -70,6 +69,44 @@ def build_optimizer(model, plan: RunPlan, device: torch.device):
         return torch.optim.AdamW(groups, fused=fused, **kw)
     except (RuntimeError, TypeError):
         return torch.optim.AdamW(groups, foreach=True, **kw)
+
+
+def prepare_model(accelerator, model, optimizer, *, compile: bool):
+    """The model and optimizer wrapped for the accelerator's strategy, compiled if asked, and
+    without accelerate's fp32 copy of the outputs."""
+    fsdp = is_fsdp(accelerator)
+    if compile and not fsdp:
+        model = torch.compile(model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    drop_output_cast(model)
+    if compile and fsdp:  # FSDP2 shards the plain module; compile the sharded one
+        model = torch.compile(model)
+    return model, optimizer
+
+
+def drop_output_cast(model) -> None:
+    """Undo accelerate's wrapping of the prepared model's forward under mixed precision: its
+    ``convert_outputs_to_fp32`` copies every output to fp32 (the whole logits at evaluation).
+    The loop and the evaluators run the forward under ``accelerator.autocast()`` themselves,
+    and the loss is computed in fp32 inside the forward (ladder/train/loss.py)."""
+    for m in (model, getattr(model, "module", None), getattr(model, "_orig_mod", None)):
+        if m is not None and "_original_forward" in vars(m):
+            m.forward = vars(m).pop("_original_forward")
+
+
+def eval_module(model):
+    """The module evaluations call: neither the compiled wrapper (eval mode, no_grad and other
+    batch shapes would recompile it on every rank) nor DDP's (no gradients to synchronise). An
+    FSDP module stays itself: its forward gathers the shards."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    while True:
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
 
 
 def _vocab_size_for(recipe: Recipe, tokenizer) -> int:
@@ -204,12 +241,7 @@ def _build(recipe, plan, run_dir, accelerator, data, train_seqs, val_seqs, sampl
         enable_activation_checkpointing(model)
     optimizer = build_optimizer(model, plan, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, plan))
-    fsdp = is_fsdp(accelerator)
-    if t.compile and not fsdp:
-        model = torch.compile(model)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    if t.compile and fsdp:  # FSDP2 shards the plain module; compile the sharded one
-        model = torch.compile(model)
+    model, optimizer = prepare_model(accelerator, model, optimizer, compile=t.compile)
 
     step, state = 0, {}
     if accelerator.is_main_process:
