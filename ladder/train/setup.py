@@ -218,8 +218,11 @@ def setup(recipe: Recipe, size: str | None, multiplier: float | None, seed: int 
     accum = per_proc // micro
 
     meta = _run_meta(recipe, plan, data, accelerator, micro, accum)
+    from ladder.train.loss import loss_kernel
+
     meta.extra.update(strategy="fsdp" if is_fsdp(accelerator) else "ddp",
-                      activation_checkpointing=settings.activation_checkpointing)
+                      activation_checkpointing=settings.activation_checkpointing,
+                      loss_kernel=loss_kernel(accelerator.device))
     lock = claim_run_dir(run_dir, meta, accelerator.is_main_process, force_new, accelerator.print)
     try:
         return _build(recipe, plan, run_dir, accelerator, data, train_seqs, val_seqs, sampler, micro, accum,
