@@ -152,7 +152,7 @@ def test_bf16_step_holds_no_full_logits():
     from ladder.train.parallel import SizeParallel, build_accelerator
     from ladder.train.setup import build_model, build_optimizer, prepare_model
 
-    micro, seq, vocab = 4, 64, 1024
+    micro, seq, vocab = 8, 64, 1024  # 512 tokens: two chunks
     recipe = from_dict({"model": {"sizes": ["tiny-25k"]},
                         "train": {"seq_len": seq, "batch_tokens": 2 * micro * seq, "micro_batch_size": micro}})
     plan = plan_run(recipe, "tiny-25k", 1.0, 0, vocab)
@@ -160,7 +160,7 @@ def test_bf16_step_holds_no_full_logits():
     model = build_model(plan)
     model, opt = prepare_model(acc, model, build_optimizer(model, plan, acc.device), compile=False)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    seqs = PackedSequences(np.random.default_rng(0).integers(0, vocab, seq * 8).astype(np.uint16), seq, "t")
+    seqs = PackedSequences(np.random.default_rng(0).integers(0, vocab, seq * 2 * micro + 1).astype(np.uint16), seq, "t")
 
     widest: list[tuple[int, torch.dtype]] = []
 

@@ -83,11 +83,14 @@ def next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor, scale: float 
                                        float(scale))
 
 
+MIN_CHUNK = 256  # tokens: fewer make each chunk's matmuls too thin (a small model's big vocabulary)
+
+
 def chunk_tokens(n: int, vocab: int, d_model: int) -> int:
     """Tokens per chunk: a chunk's logits about as large as the hidden states of all ``n``
-    tokens (Liger's rule), a power of two, at most ``n``."""
+    tokens (Liger's rule), a power of two, at least ``MIN_CHUNK``, at most ``n``."""
     want = -(-n // max(1, -(-vocab // d_model)))
-    return min(n, 1 << max(0, math.ceil(math.log2(max(1, want)))))
+    return min(n, max(MIN_CHUNK, 1 << max(0, math.ceil(math.log2(max(1, want))))))
 
 
 class LinearCrossEntropy(torch.autograd.Function):
