@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 strategy, d, layers, seq, micro, accum = sys.argv[1], *map(int, sys.argv[2:7])
+paper_sized = len(sys.argv) > 7 and sys.argv[7] == "paper"  # not a tiny preset: sharded initialisation
 os.environ.setdefault("LOCAL_RANK", os.environ["RANK"])
 torch.set_num_threads(1)
 torch.distributed.init_process_group("gloo")
@@ -27,11 +28,11 @@ from ladder.runplan import plan_run  # noqa: E402
 from ladder.train.host_memory import keep_freed_memory  # noqa: E402
 from ladder.train.loop import _train_step  # noqa: E402
 from ladder.train.parallel import SizeParallel, build_accelerator  # noqa: E402
-from ladder.train.setup import build_model, build_optimizer, prepare_model  # noqa: E402
+from ladder.train.setup import build_model, build_optimizer, place_model, prepare_model  # noqa: E402
 
 keep_freed_memory()
 name = "probe"
-presets.PRESETS[name] = presets.Preset(name, d, layers, 4, 4 * d, vocab_size=1024, tiny=True)
+presets.PRESETS[name] = presets.Preset(name, d, layers, 4, 4 * d, vocab_size=1024, tiny=not paper_sized)
 batch = micro * accum * world
 recipe = from_dict({"model": {"sizes": [name]},
                     "train": {"seq_len": seq, "batch_tokens": batch * seq, "micro_batch_size": micro}})
@@ -52,8 +53,17 @@ warm = build_model(plan_run(from_dict({"model": {"sizes": ["tiny-9k"]}, "train":
                             "tiny-9k", 1.0, 0, 1024))
 warm(input_ids=torch.zeros(1, 8, dtype=torch.long), loss_scale=1.0).backward()
 del warm
-model = build_model(plan)
+model = place_model(plan, acc)
+built_on_meta = next(model.parameters()).is_meta
 model, opt = prepare_model(acc, model, build_optimizer(model, plan, acc.device), compile=False)
+if paper_sized:  # the shards hold the weights one process builds
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    ref = build_model(plan).state_dict()
+    if acc.is_main_process:
+        assert full.keys() == ref.keys() and all(torch.equal(full[k], ref[k]) for k in ref), "weights differ"
+
 sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
 class EachMicroBatch:
     """The model as the step sees it, starting MemTracker's per-module statistics afresh at each
@@ -78,8 +88,9 @@ base = status("VmRSS:")
 with open("/proc/self/clear_refs", "w") as f:  # restart the peak (VmHWM) here
     f.write("5")
 with tracker:
-    _train_step(EachMicroBatch(model, tracker), opt, sched, acc, seqs, idx, micro, accum, 1.0)
+    loss, _ = _train_step(EachMicroBatch(model, tracker), opt, sched, acc, seqs, idx, micro, accum, 1.0)
 tracked = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
 peak = status("VmHWM:") - base  # growth over the held state, for reference
-print(json.dumps({"rank": acc.process_index, "world": world, "rss_peak": peak, "tracked_peak": tracked}))
+print(json.dumps({"rank": acc.process_index, "world": world, "rss_peak": peak, "tracked_peak": tracked,
+                  "built_on_meta": built_on_meta, "loss": float(loss)}))
 torch.distributed.destroy_process_group()

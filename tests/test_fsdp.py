@@ -3,6 +3,7 @@
 estimate against the measured peak of real training steps."""
 
 import json
+import math
 import os
 import signal
 import socket
@@ -217,14 +218,7 @@ def test_fsdp_memory_estimate_with_accumulation_within_25_percent_of_tracked_pea
     from ladder.runplan import plan_run
     from ladder.sweep.estimate import memory_estimate
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_port())}
-    args = [sys.executable, str(ROOT / "tests" / "memory_probe.py"), "fsdp", "512", "4", "16", "2", "2"]
-    procs = [subprocess.Popen(args, env={**env, "RANK": str(r)}, cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for r in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs[0][1][-3000:]
-    peaks = [json.loads(o.strip().splitlines()[-1])["tracked_peak"] for o, _ in outs]
+    peaks = [r["tracked_peak"] for r in _two_rank_probe("fsdp", "512", "4", "16", "2", "2")]
     preset = presets.Preset("probe", 512, 4, 4, 2048, vocab_size=1024, tiny=True)
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(presets.PRESETS, "probe", preset)
@@ -234,3 +228,26 @@ def test_fsdp_memory_estimate_with_accumulation_within_25_percent_of_tracked_pea
                               fsdp=True, bf16=False).total
     for peak in peaks:
         assert 0.75 < est / peak < 1.25, (est / 2**20, peak / 2**20)
+
+
+def _two_rank_probe(*args: str) -> list[dict]:
+    """tests/memory_probe.py on two gloo ranks; each rank's JSON line."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_port())}
+    cmd = [sys.executable, str(ROOT / "tests" / "memory_probe.py"), *args]
+    procs = [subprocess.Popen(cmd, env={**env, "RANK": str(r)}, cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][1][-3000:] + outs[1][1][-3000:]
+    return [json.loads(o.strip().splitlines()[-1]) for o, _ in outs]
+
+
+@pytest.mark.slow  # two processes, ~30 s
+def test_paper_sized_fsdp_rung_is_built_on_meta_and_loaded_into_shards():
+    """A rung that is not a tiny preset, under FSDP over 2 processes: the second process builds
+    it on the meta device, the first in host memory, and accelerate fills the shards from the
+    first: the gathered weights equal one process's build exactly (the probe asserts it), and a
+    step with accumulation trains."""
+    ranks = _two_rank_probe("fsdp", "128", "2", "16", "2", "2", "paper")
+    assert [r["built_on_meta"] for r in sorted(ranks, key=lambda r: r["rank"])] == [False, True]
+    assert all(math.isfinite(r["loss"]) for r in ranks)

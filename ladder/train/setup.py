@@ -33,9 +33,11 @@ def default_run_dir(recipe: Recipe, plan: RunPlan) -> Path:
     return Path("runs") / recipe.name / plan.name
 
 
-def build_model(plan: RunPlan):
+def build_model(plan: RunPlan, *, meta: bool = False):
     """The rung's ``Olmo2ForCausalLM``, checked to have the N its plan (tokens, batch, LR, the
-    fits) was made with: the plan counts in closed form, without building the model."""
+    fits) was made with: the plan counts in closed form, without building the model. ``meta``:
+    its parameters on the meta device (no memory; their values come from another process), its
+    non-persistent buffers (RoPE's frequencies, in no state dict) real."""
     from ladder.presets import get_preset, model_params
     from ladder.train.model import Olmo2ForCausalLM
 
@@ -44,13 +46,32 @@ def build_model(plan: RunPlan):
                                           initializer_range=r.model.init_std)
     config._attn_implementation = "sdpa"
     torch.manual_seed(plan.seed)
-    model = Olmo2ForCausalLM(config)
+    if meta:
+        with torch.device("meta"):
+            model = Olmo2ForCausalLM(config)
+        model.model.rotary_emb = type(model.model.rotary_emb)(config)
+    else:
+        model = Olmo2ForCausalLM(config)
     built = model_params(model).n
     if built != plan.n_params:
         raise RuntimeError(f"{plan.size}: the built model has N = {built:,} parameters, the plan "
                            f"counted {plan.n_params:,} (ladder.presets.Preset.params no longer "
                            f"matches this transformers version's Olmo2ForCausalLM)")
     return model
+
+
+def place_model(plan: RunPlan, accelerator):
+    """The model before ``prepare``: on the device; or, for a paper-sized rung under FSDP over
+    several processes, in the main process's host memory and on the meta device elsewhere, and
+    accelerate sends the main process's weights to each process's shards
+    (``cpu_ram_efficient_loading``): no process holds the whole fp32 model on its GPU, only one
+    in host memory, and the initial weights are one process's, whatever the process count."""
+    from ladder.presets import get_preset
+
+    if is_fsdp(accelerator) and accelerator.num_processes > 1 and not get_preset(plan.size).tiny:
+        accelerator.state.fsdp_plugin.cpu_ram_efficient_loading = True
+        return build_model(plan, meta=not accelerator.is_main_process)
+    return build_model(plan).to(accelerator.device)
 
 
 def build_optimizer(model, plan: RunPlan, device: torch.device):
@@ -239,7 +260,7 @@ def _build(recipe, plan, run_dir, accelerator, data, train_seqs, val_seqs, sampl
     t, device = recipe.train, accelerator.device
     writer = RunLogWriter(run_dir, report=accelerator.print) if accelerator.is_main_process else None
 
-    model = build_model(plan).to(device)
+    model = place_model(plan, accelerator)
     if settings.activation_checkpointing:
         enable_activation_checkpointing(model)
     optimizer = build_optimizer(model, plan, device)
