@@ -29,6 +29,7 @@ from ladder.train.host_memory import keep_freed_memory  # noqa: E402
 from ladder.train.loop import _train_step  # noqa: E402
 from ladder.train.parallel import SizeParallel, build_accelerator  # noqa: E402
 from ladder.train.setup import build_model, build_optimizer, place_model, prepare_model  # noqa: E402
+from tests.memory_tools import pay_first_use_costs, restart_peak, status  # noqa: E402
 
 keep_freed_memory()
 name = "probe"
@@ -42,17 +43,7 @@ seqs = PackedSequences(np.random.default_rng(0).integers(0, 1024, seq * batch).a
 idx = np.arange(acc.process_index, batch, world)
 
 
-def status(key: str) -> int:  # bytes, the kernel's own accounting of this process
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
-
-
-# the libraries' lazy first-use costs (module imports, kernels) are not the step's memory: pay them
-# on a throwaway model first
-warm = build_model(plan_run(from_dict({"model": {"sizes": ["tiny-9k"]}, "train": {"seq_len": 8, "batch_tokens": 8}}),
-                            "tiny-9k", 1.0, 0, 1024))
-warm(input_ids=torch.zeros(1, 8, dtype=torch.long), loss_scale=1.0).backward()
-del warm
+pay_first_use_costs()
 model = place_model(plan, acc)
 built_on_meta = next(model.parameters()).is_meta
 model, opt = prepare_model(acc, model, build_optimizer(model, plan, acc.device), compile=False)
@@ -85,8 +76,7 @@ _train_step(model, opt, sched, acc, seqs, idx, micro, accum, 1.0)
 tracker = MemTracker()
 tracker.track_external(model, opt)
 base = status("VmRSS:")
-with open("/proc/self/clear_refs", "w") as f:  # restart the peak (VmHWM) here
-    f.write("5")
+restart_peak()
 with tracker:
     loss, _ = _train_step(EachMicroBatch(model, tracker), opt, sched, acc, seqs, idx, micro, accum, 1.0)
 tracked = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]

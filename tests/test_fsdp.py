@@ -156,6 +156,7 @@ from ladder.runplan import plan_run
 from ladder.train.host_memory import keep_freed_memory
 from ladder.train.loop import _train_step
 from ladder.train.setup import build_model, build_optimizer, prepare_model
+from tests.memory_tools import pay_first_use_costs, restart_peak, status
 
 size, seq, micro = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(1)
@@ -165,17 +166,9 @@ r = from_dict({"model": {"sizes": [size]}, "train": {"seq_len": seq, "batch_toke
 plan = plan_run(r, size, 1.0, 0, 1024)
 acc = Accelerator(cpu=True)
 seqs = PackedSequences(np.random.default_rng(0).integers(0, 1024, seq * micro * 4).astype(np.uint16), seq, "t")
-def status(key):  # bytes, from the kernel's own accounting of this process
-    with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) * 1024 for l in f if l.startswith(key))
-# the libraries' lazy first-use costs (transformers' model modules: ~150 MiB) are not the step's
-warm = build_model(plan_run(from_dict({"model": {"sizes": ["tiny-9k"]}, "train": {"seq_len": 8, "batch_tokens": 8}}),
-                            "tiny-9k", 1.0, 0, 1024))
-warm(input_ids=torch.zeros(1, 8, dtype=torch.long), loss_scale=1.0).backward()
-del warm
+pay_first_use_costs()
 base = status("VmRSS:")
-with open("/proc/self/clear_refs", "w") as f:  # restart the peak (VmHWM) here: imports' peaks are not the step's
-    f.write("5")
+restart_peak()
 model = build_model(plan)
 opt = build_optimizer(model, plan, torch.device("cpu"))
 sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
