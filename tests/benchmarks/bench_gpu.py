@@ -187,12 +187,11 @@ from ladder.data.sequences import PackedSequences
 from ladder.recipe import load_recipe
 from ladder.sweep.plan import plan_sweep
 from ladder.train.loop import _train_step
-from ladder.train.parallel import SizeParallel, build_accelerator, micro_batch_size
+from ladder.train.parallel import SizeParallel, build_accelerator
 from ladder.train.setup import build_model, build_optimizer, prepare_model
-recipe = load_recipe(sys.argv[1], sys.argv[3:])
-size, cpu = sys.argv[2], not torch.cuda.is_available()
+size, micro, cpu = sys.argv[2], int(sys.argv[3]), not torch.cuda.is_available()
+recipe = load_recipe(sys.argv[1], sys.argv[4:])
 plan = [r for r in plan_sweep(recipe).rungs if r.size == size][0]
-micro = micro_batch_size(recipe, size)
 acc = build_accelerator(SizeParallel(), cpu_only=cpu, mixed_precision="bf16", timeout_minutes=10)
 model = build_model(plan).to(acc.device)
 model, opt = prepare_model(acc, model, build_optimizer(model, plan, acc.device), compile=False)
@@ -207,31 +206,41 @@ print(json.dumps({"micro": micro, "loss": float(loss), "reserved": peak}))
 
 
 def memory_checks(env: dict, cpu: bool, sizes: list[str]) -> None:
-    """One process, the recipe's micro-batch: the estimate against what CUDA reserved."""
+    """One process, the recipe's micro-batch (or, where the estimate says it cannot fit one GPU,
+    the largest that would): the estimate against what CUDA reserved."""
+    import torch
+
     from ladder.recipe import load_recipe
-    from ladder.sweep.estimate import memory_estimate
+    from ladder.sweep.estimate import fitting_micro_batch, memory_estimate
     from ladder.sweep.plan import plan_sweep
     from ladder.train.parallel import micro_batch_size
 
     recipe_file = ROOT / "recipes" / ("tiny-cpu.yaml" if cpu else "olmo-ladder.yaml")
-    over = ["model.tokenizer=olmo", "model.vocab_size=100352"] if not cpu else []
+    over = [] if cpu else ["model.tokenizer=olmo", "model.vocab_size=100352"]
+    recipe = load_recipe(recipe_file, over)
     for size in sizes:
-        r = subprocess.run([sys.executable, "-c", MEMORY_STEP, str(recipe_file), size, *over], env=env, cwd=ROOT,
-                           capture_output=True, text=True)
+        plan = [p for p in plan_sweep(recipe).rungs if p.size == size][0]
+        kw = dict(processes=1, fsdp=False, bf16=True, gpu=not cpu)
+        micro, note = micro_batch_size(recipe, size), ""
+        if not cpu:
+            cap = torch.cuda.get_device_properties(0).total_memory  # this GPU's real capacity
+            if memory_estimate(plan, micro_batch=micro, **kw).total > cap:
+                fits = fitting_micro_batch(plan, cap, micro_batch=micro, per_process=micro, **kw)
+                note = f" (the recipe's {micro} does not fit one process by the estimate)"
+                micro = fits or 1
+        r = subprocess.run([sys.executable, "-c", MEMORY_STEP, str(recipe_file), size, str(micro), *over],
+                           env=env, cwd=ROOT, capture_output=True, text=True)
         if r.returncode:
             record(f"memory {size}", False, r.stderr[-1500:])
             continue
         res = json.loads(r.stdout.strip().splitlines()[-1])
-        recipe = load_recipe(recipe_file, over)
-        plan = [p for p in plan_sweep(recipe).rungs if p.size == size][0]
-        est = memory_estimate(plan, micro_batch=micro_batch_size(recipe, size), processes=1, fsdp=False,
-                              bf16=True, gpu=not cpu)
+        est = memory_estimate(plan, micro_batch=micro, **kw)
         if res["reserved"] is None:
-            record(f"memory {size}", np.isfinite(res["loss"]), f"one step at micro {res['micro']} ran "
-                   f"(estimate {est.total / 2**30:.2f} GiB; no CUDA memory to compare on CPU)")
+            record(f"memory {size}", bool(np.isfinite(res["loss"])), f"one step at micro {micro} ran "
+                   f"(estimate {est.total / 2**20:.0f} MiB; no CUDA memory to compare on CPU)")
             continue
         ratio = est.total / res["reserved"]
-        record(f"memory {size}", 0.8 < ratio < 1.25, f"micro {res['micro']}: max_memory_reserved "
+        record(f"memory {size}", 0.8 < ratio < 1.25, f"micro {micro}{note}: max_memory_reserved "
                f"{res['reserved'] / 2**30:.1f} GiB, estimate {est.total / 2**30:.1f} GiB ({ratio:.2f}x)")
 
 
@@ -252,7 +261,7 @@ def main() -> int:
         print("no GPU: run with --cpu-smoke, or on a GPU machine (docs/training.md)")
         return 2
     args.size = args.size or ("tiny-43k" if cpu else "190M")
-    args.steps = args.steps or (6 if cpu else 40)
+    args.steps = args.steps or (6 if cpu else 30)
     args.micro = args.micro or (2 if cpu else 8)
     args.seq_len = args.seq_len or (32 if cpu else 4096)
     args.procs = args.procs or (1 if cpu else torch.cuda.device_count())

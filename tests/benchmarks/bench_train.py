@@ -225,6 +225,8 @@ def main() -> int:
                     help="ablation: leave glibc's allocator at its defaults in our loop (ladder/train/host_memory.py)")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU too (always on a GPU)")
     ap.add_argument("--smoke", action="store_true", help="every variant for 2 steps in this process, tiny-9k (seconds)")
+    ap.add_argument("--ab-loss", action="store_true",
+                    help="the loss change alone: our step and ours-logits-loss alternating step by step in one process")
     ap.add_argument("--variant", choices=["ours", "ours-eager", "ours-logits-loss", "trainer"], help=argparse.SUPPRESS)
     ap.add_argument("--tmp", default="/tmp/ladder-bench", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -233,6 +235,8 @@ def main() -> int:
         return 0
     if args.smoke:
         return smoke(args)
+    if args.ab_loss:
+        return ab_loss(args)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
     base = [a for a in sys.argv[1:]]
     sys.path.insert(0, str(ROOT))
@@ -281,6 +285,68 @@ def main() -> int:
         print(f"speed ratio {v} / {ref}: {best[v]['tokens_per_s'] / best[ref]['tokens_per_s']:.2f}x best/best "
               f"(CPU-time: {best[v]['cpu_tokens_per_s'] / best[ref]['cpu_tokens_per_s']:.2f}x); "
               f"per repeat: median {statistics.median(paired):.2f}x, range {paired[0]:.2f}-{paired[-1]:.2f}x")
+    return 0
+
+
+def ab_loss(args) -> int:
+    """Our step with the chunked head + loss (A) against the loss on full logits (B), both
+    compiled (unless --compile none), same weights, alternating step by step in this process, so
+    the machine's load hits both alike; prints the per-step time ratio B / A (median, range over
+    the rounds of --steps steps each)."""
+    import torch
+    from accelerate import Accelerator
+
+    from ladder.data.sequences import BatchSampler
+    from ladder.train.host_memory import keep_freed_memory
+    from ladder.train.loop import _train_step
+    from ladder.train.setup import build_model, build_optimizer, prepare_model
+
+    sys.path.insert(0, str(ROOT))
+    recipe, plan, seqs = _setup(args)
+    cuda = torch.cuda.is_available()
+    acc = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda or args.bf16 else "no")
+    if not cuda:
+        keep_freed_memory()
+    compiled = args.compile != "none"
+    steps = {}
+    for name in ("chunked", "logits"):
+        model = build_model(plan).to(acc.device)
+        opt = build_optimizer(model, plan, acc.device)
+        if name == "logits":
+            model = LogitsLoss(model, acc, compiled)
+        else:
+            model, opt = prepare_model(acc, model, opt, compile=compiled)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        steps[name] = (model, opt, sched)
+    sampler = BatchSampler(seqs.n, plan.batch_seqs, 0)
+    micro = min(args.micro, plan.batch_seqs)
+
+    def step(name: str, i: int) -> float:
+        model, opt, sched = steps[name]
+        t0 = time.perf_counter()
+        loss, _ = _train_step(model, opt, sched, acc, seqs, sampler.indices(i), micro, plan.batch_seqs // micro, 1.0)
+        float(loss)  # the device finished the step
+        return time.perf_counter() - t0
+
+    for i in range(args.warmup):
+        step("chunked", i), step("logits", i)
+    ratios, totals = [], {"chunked": 0.0, "logits": 0.0}
+    for r in range(args.repeats):
+        t = {"chunked": 0.0, "logits": 0.0}
+        for i in range(args.steps):
+            for name in (("chunked", "logits") if i % 2 == 0 else ("logits", "chunked")):
+                t[name] += step(name, args.warmup + r * args.steps + i)
+        ratios.append(t["logits"] / t["chunked"])
+        for k in t:
+            totals[k] += t[k]
+    n = args.repeats * args.steps
+    ratios.sort()
+    print(f"loss change, {args.size} seq {args.seq_len} batch {args.batch_tokens} micro {args.micro}, "
+          f"{'compiled' if compiled else 'eager'}, {acc.mixed_precision}, device {acc.device}, "
+          f"{torch.get_num_threads()} thread(s), load average {os.getloadavg()[0]:.1f}: chunked head + loss "
+          f"{1e3 * totals['chunked'] / n:.1f} ms/step, loss on full logits {1e3 * totals['logits'] / n:.1f} ms/step; "
+          f"ratio logits / chunked median {statistics.median(ratios):.2f}x, range {ratios[0]:.2f}-{ratios[-1]:.2f}x "
+          f"over {args.repeats} rounds of {args.steps} alternating steps")
     return 0
 
 
