@@ -139,7 +139,7 @@ def loss_kernel(device: torch.device) -> str:
     if device.type != "cuda":
         return "chunked"
     try:
-        import liger_kernel.transformers.functional  # noqa: F401
+        import liger_kernel.transformers.fused_linear_cross_entropy  # noqa: F401
     except ImportError:
         return "chunked"
     return "liger"
@@ -154,9 +154,12 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, input_ids: 
     dtype = (torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type)
              else h.dtype)
     if (kernel or loss_kernel(h.device)) == "liger":
-        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+        from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
 
-        return liger_fused_linear_cross_entropy(h.to(dtype), weight.to(dtype), targets,
-                                                ignore_index=IGNORE).float() * scale
+        # the module's (weight, input, target) call is the API its versions share; some return
+        # a tuple or an output object around the loss
+        out = LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE)(weight.to(dtype), h.to(dtype), targets)
+        loss = out[0] if isinstance(out, tuple) else getattr(out, "loss", out)
+        return loss.float() * scale
     return LinearCrossEntropy.apply(h, weight, targets, float(scale),
                                     chunk_tokens(h.size(0), weight.size(0), weight.size(1)), dtype)
