@@ -138,10 +138,13 @@ def test_training_forward_equals_logits_loss_and_gradients():
         assert torch.allclose(p.grad, q.grad, atol=1e-7, rtol=1e-4), name
 
 
-def test_bf16_step_holds_no_full_logits():
+@pytest.mark.parametrize("compiled", [False, True])
+def test_bf16_step_holds_no_full_logits(compiled, monkeypatch):
     """Under bf16 autocast the training step neither materialises the ``tokens x vocab`` logits
-    nor an fp32 copy of them (accelerate's output cast): no tensor that wide and that long is
-    created. The loss stays fp32."""
+    nor an fp32 copy of them (accelerate's output cast, undone on the plain and on the compiled
+    model, where undoing it wrongly made the forward call itself): no tensor that wide and that
+    long is created. The loss stays fp32."""
+    import functools
     import numpy as np
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -158,7 +161,9 @@ def test_bf16_step_holds_no_full_logits():
     plan = plan_run(recipe, "tiny-25k", 1.0, 0, vocab)
     acc = build_accelerator(SizeParallel(), cpu_only=True, mixed_precision="bf16", timeout_minutes=1)
     model = build_model(plan)
-    model, opt = prepare_model(acc, model, build_optimizer(model, plan, acc.device), compile=False)
+    # Dynamo's eager backend: the same wrapping as inductor's, without minutes of compiling
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    model, opt = prepare_model(acc, model, build_optimizer(model, plan, acc.device), compile=compiled)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     seqs = PackedSequences(np.random.default_rng(0).integers(0, vocab, seq * 2 * micro + 1).astype(np.uint16), seq, "t")
 

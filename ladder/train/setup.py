@@ -110,9 +110,14 @@ def drop_output_cast(model) -> None:
     ``convert_outputs_to_fp32`` copies every output to fp32 (the whole logits at evaluation).
     The loop and the evaluators run the forward under ``accelerator.autocast()`` themselves,
     and the loss is computed in fp32 inside the forward (ladder/train/loss.py)."""
-    for m in (model, getattr(model, "module", None), getattr(model, "_orig_mod", None)):
-        if m is not None and "_original_forward" in vars(m):
-            m.forward = vars(m).pop("_original_forward")
+    # The wrapper is the prepared object's own ``forward`` (a compiled module's, DDP's, FSDP's or
+    # the model's); ``_original_forward`` is what it wrapped (a compiled module keeps it on the
+    # module it compiled: read it through the wrapper, never restore it there, where it would
+    # call itself).
+    for m in (model, getattr(model, "module", None)):
+        if m is not None and "forward" in vars(m) and hasattr(m, "_original_forward"):
+            m.forward = m._original_forward
+            return
 
 
 def eval_module(model):
