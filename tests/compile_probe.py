@@ -2,7 +2,7 @@
 trainer's model, prepared as `ladder train` prepares it (DDP or FSDP2, torch.compile), trains
 two steps with accumulation and is evaluated twice; prints Dynamo's recompile count as JSON.
 
-    python tests/compile_probe.py STRATEGY LAYERS [BACKEND]
+    python tests/compile_probe.py STRATEGY LAYERS [BACKEND [PRECISION]]
 """
 
 import functools
@@ -16,6 +16,7 @@ import torch
 
 strategy, layers = sys.argv[1], int(sys.argv[2])
 backend = sys.argv[3] if len(sys.argv) > 3 else "eager"  # Dynamo decides recompiles, not the backend
+precision = sys.argv[4] if len(sys.argv) > 4 else "no"  # "bf16": autocast, as on a GPU
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -40,7 +41,8 @@ seq, micro = 16, 2
 recipe = from_dict({"model": {"sizes": [name]}, "train": {"seq_len": seq, "batch_tokens": 2 * micro * seq,
                                                          "micro_batch_size": micro}})
 plan = plan_run(recipe, name, 1.0, 0, 256)
-acc = build_accelerator(SizeParallel(strategy=strategy), cpu_only=True, mixed_precision="no", timeout_minutes=2)
+acc = build_accelerator(SizeParallel(strategy=strategy), cpu_only=True, mixed_precision=precision,
+                        timeout_minutes=2)
 if strategy == "fsdp":
     from ladder.train.parallel import is_fsdp
 

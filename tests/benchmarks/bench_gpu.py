@@ -170,14 +170,14 @@ def recompile_check(env: dict, cpu: bool) -> None:
     after the first step, at training or evaluation."""
     layers = 4 if cpu else 16
     backend = "eager" if cpu else "inductor"
-    r = subprocess.run([sys.executable, str(RECOMPILE_PROBE), "fsdp", str(layers), backend], env=env,
+    r = subprocess.run([sys.executable, str(RECOMPILE_PROBE), "fsdp", str(layers), backend, "bf16"], env=env,
                        cwd=ROOT, capture_output=True, text=True)
     if r.returncode:
         record("recompile", False, r.stderr[-1500:])
         return
     res = json.loads(r.stdout.strip().splitlines()[-1])
     record("recompile", res["after_first_steps"] == 0 and not res["limit_hit"] and res["recompiles"] < layers - 1,
-           f"{layers}-layer FSDP + compile ({backend}): {res['recompiles']} recompile(s) in the first step, "
+           f"{layers}-layer FSDP + bf16 + compile ({backend}): {res['recompiles']} recompile(s) in the first step, "
            f"{res['after_first_steps']} after; {res['reasons'][:1]}")
 
 
