@@ -122,7 +122,7 @@ def test_plan_says_which_rungs_fit_the_gpu_and_which_micro_batch_would(tokens, t
     from ladder.sweep.checks import size_estimates
     from ladder.sweep.estimate import GPU_RESERVED_BYTES, memory_estimate
     from ladder.sweep.plan import plan_sweep
-    from ladder.sweep.slurm import SlurmConfig
+    from ladder.sweep.slurm_backend import SlurmBackend
 
     over = [tokens, "parallel.sizes.760M.micro_batch_size=16"]
     r = ladder_here("plan", RECIPE, *over, OFFLINE_TOKENIZER, cwd=tmp_path)
@@ -130,8 +130,7 @@ def test_plan_says_which_rungs_fit_the_gpu_and_which_micro_batch_would(tokens, t
     rows = {line.split()[0]: line for line in r.stdout.split("per size")[1].splitlines()[2:] if line.strip()}
     row = rows["760M"]
     plan = plan_sweep(load_recipe(RECIPE, over))
-    cfg = SlurmConfig.from_dict(plan.recipe.slurm, "slurm", known_sizes=[x.size for _, x in plan.all_runs()])
-    est = size_estimates(plan, cfg)
+    est = size_estimates(plan, SlurmBackend.from_plan(plan))
     m, (_, procs, micro, _), fit = est["760M"]
     assert micro == 16 and not fit["fits"] and m.reserved == GPU_RESERVED_BYTES
     better = fit["suggest"]
