@@ -96,7 +96,7 @@ def actual_values(run: RunLog, task: TaskSpec, feature: Feature | str | None = "
     return acc, float(np.mean(feature.values(run)[-last:]))
 
 
-def _as_tasks(tasks) -> dict[str, TaskSpec]:
+def as_tasks(tasks) -> dict[str, TaskSpec]:
     if isinstance(tasks, str):
         return resolve_tasks(tasks)
     if isinstance(tasks, dict):
@@ -124,7 +124,7 @@ def predict_targets(runs: list[RunLog], targets: list[Target], tasks="paper",
     ``converged`` and through ``warn`` (default: stderr)."""
     warn = warn or (lambda m: print(f"warning: {m}", file=sys.stderr))
     actuals = actuals or {}
-    items = list(_as_tasks(tasks).items())
+    items = list(as_tasks(tasks).items())
     fit_n = [float(r.n) for r in runs]
     fit_d = [float(r.d) for r in runs]
 

@@ -51,7 +51,7 @@ def default_scenarios(runs: list[RunLog]) -> list[list[str]]:
     return out
 
 
-def _held_out(run: RunLog, holdout: list[str]) -> bool:
+def is_held_out(run: RunLog, holdout: list[str]) -> bool:
     return run_size(run) in holdout or (run_mult(run) in holdout)
 
 
@@ -131,8 +131,8 @@ def split_holdout(runs: list[RunLog], holdout: list[str]) -> tuple[list[RunLog],
     if unknown:
         raise ValueError(f"--holdout {', '.join(unknown)}: no such model size or token multiplier "
                          f"among the runs (have: {', '.join(known)})")
-    return ([r for r in runs if not _held_out(r, holdout)],
-            [r for r in runs if _held_out(r, holdout)])
+    return ([r for r in runs if not is_held_out(r, holdout)],
+            [r for r in runs if is_held_out(r, holdout)])
 
 
 def backtest(runs: list[RunLog], holdout: list[str], tasks="paper",

@@ -31,7 +31,7 @@ from analysis.practice.backtest import BacktestResult, backtest, split_holdout
 from analysis.files import finite_or_none
 from analysis.fit import single_threaded_blas
 from analysis.laws import ChinchillaLaw, ComputeLaw, Law, TiedChinchillaLaw, power_law_starts
-from analysis.predict import _as_tasks, actual_values
+from analysis.predict import as_tasks, actual_values
 from analysis.runlog import RunLog
 from analysis.metrics import TaskSpec
 from analysis.twostep import RunSeries, TwoStepConfig, fit_task, moving_average, run_series
@@ -358,7 +358,7 @@ def practice_backtest(runs: list[RunLog], holdout: list[str],
         raise ValueError(f"holding out {', '.join(holdout)} leaves {len(train)} runs to fit and "
                          f"{len(test)} to predict")
     res = PracticeResult(list(holdout))
-    for name, task in _as_tasks(tasks).items():
+    for name, task in as_tasks(tasks).items():
         step2 = fit_task(train, task, config).step2
         actual = {r.name: actual_values(r, task, config.feature, config.last) for r in test}
         chain = lambda loss: float(step2.predict(np.array([loss]))[0]) if np.isfinite(loss) else None  # noqa: E731

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from analysis.laws.registry import step1_law
-from analysis.practice.backtest import (BacktestResult, _held_out, mults_by_value, run_mult, run_size,
+from analysis.practice.backtest import (BacktestResult, is_held_out, mults_by_value, run_mult, run_size,
                                sizes_by_n, split_holdout)
 from analysis.predict import Target, predict_targets
 from analysis.runlog import RunLog
@@ -132,7 +132,7 @@ def candidate_grids(train: list[RunLog], drops: list[list[str]] = ()) -> list[tu
         if unknown:
             raise ValueError(f"--drop {','.join(d)}: {', '.join(unknown)} is not a model size or "
                              f"token multiplier of the fitting runs (have: {', '.join(known)})")
-        out.append((f"drop {'+'.join(d)}", "custom", [r for r in train if not _held_out(r, d)]))
+        out.append((f"drop {'+'.join(d)}", "custom", [r for r in train if not is_held_out(r, d)]))
     return out
 
 

@@ -17,7 +17,7 @@ import sys
 import time
 
 from ladder.exit_codes import EXIT_OK
-from ladder.cli.predict import _number, add_config_arguments, config_from_args, fail, os_error
+from ladder.cli.predict import parse_number, add_config_arguments, config_from_args, fail, os_error
 
 
 def add_arguments(p) -> None:
@@ -32,8 +32,8 @@ def add_arguments(p) -> None:
     p.add_argument("--budget-error", type=float, metavar="POINTS",
                    help="accuracy MAE budget in points; recommends the cheapest grid within it")
     p.add_argument("--target-name", default="target", help="name of the real target (reports)")
-    p.add_argument("--target-n", type=_number, help="real target N: report compute as a share of its")
-    p.add_argument("--target-d", type=_number, help="real target D (with --target-n)")
+    p.add_argument("--target-n", type=parse_number, help="real target N: report compute as a share of its")
+    p.add_argument("--target-d", type=parse_number, help="real target D (with --target-n)")
     p.add_argument("--tasks", default="paper")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--no-plots", action="store_true")

@@ -17,7 +17,7 @@ import time
 from ladder.exit_codes import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_OK
 
 
-def _number(text: str) -> float:
+def parse_number(text: str) -> float:
     """Accept 6887575552, 6.887e9, 6_887_575_552."""
     try:
         v = float(text.replace("_", "").replace(",", ""))
@@ -73,7 +73,7 @@ TASKS_HELP = ("'auto' (default: the --task-spec tasks, else the paper's 8 where 
 
 def add_tokens_argument(p) -> None:
     """How to read a lab's inputs: tokens, N per run, task declarations."""
-    p.add_argument("--tokens-per-step", type=_number, metavar="N",
+    p.add_argument("--tokens-per-step", type=parse_number, metavar="N",
                    help="for runs logged by step without a tokens column: tokens per optimizer "
                         "step (tokens = step x N); the target's --actual needs none")
     p.add_argument("--runs-table", metavar="FILE",
@@ -91,8 +91,8 @@ def add_arguments(p) -> None:
     p.add_argument("--targets", metavar="FILE",
                    help="targets as YAML (a list of {name, n, d[, actual]}) or CSV (name,n,d)")
     p.add_argument("--target-name", help="one target: its name (with --target-n, --target-d)")
-    p.add_argument("--target-n", type=_number, help="one target: parameter count N")
-    p.add_argument("--target-d", type=_number, help="one target: training tokens D")
+    p.add_argument("--target-n", type=parse_number, help="one target: parameter count N")
+    p.add_argument("--target-d", type=parse_number, help="one target: training tokens D")
     p.add_argument("--actual", action="append", metavar="[NAME=]FILE",
                    help="a target's own log (CSV or run dir): actual = mean of its last 5 evals; "
                         "NAME= says which target when there are several (repeatable)")
@@ -150,7 +150,7 @@ def parse_target(text: str) -> tuple[str, float, float]:
     parts = text.rsplit(":", 2)
     if len(parts) != 3 or not parts[0].strip():
         raise argparse.ArgumentTypeError(f"expected NAME:N:D, got {text!r}")
-    return parts[0].strip(), _number(parts[1]), _number(parts[2])
+    return parts[0].strip(), parse_number(parts[1]), parse_number(parts[2])
 
 
 def read_targets(path) -> list[tuple[object, str | None]]:
@@ -179,7 +179,7 @@ def read_targets(path) -> list[tuple[object, str | None]]:
         if not isinstance(row, dict) or not {"name", "n", "d"} <= set(row) or not str(row["name"]).strip():
             raise ValueError(f"--targets {p}: target {i + 1} needs 'name', 'n' and 'd', got {row!r}")
         try:
-            n, d = _number(str(row["n"])), _number(str(row["d"]))
+            n, d = parse_number(str(row["n"])), parse_number(str(row["d"]))
         except Exception as e:
             raise ValueError(f"--targets {p}: target '{row['name']}': {e}") from None
         out.append((Target(str(row["name"]).strip(), n, d), row.get("actual") or None))

@@ -43,7 +43,7 @@ from typing import Any, Iterable, Sequence
 from analysis.files import atomic_write_text
 from ladder.sweep.rundir import run_state
 from ladder.sweep.launcher import CHECKPOINT_EXIT_CODE, Job, JobSpecError, Resources
-from ladder.sweep.slurm_script import _comment, _launch_line, _sbatch_lines, rung_body
+from ladder.sweep.slurm_script import comment_text, launch_line, sbatch_lines, rung_body
 
 SLURM_SUBDIR = "slurm"
 JOBS_JSON = "jobs.json"
@@ -224,10 +224,10 @@ class SlurmSweep:
         n = len(group.rungs)
         array = f"0-{n - 1}" + (f"%{self.max_parallel}" if self.max_parallel else "")
         lines = ["#!/bin/bash",
-                 f"# Sweep {_comment(self.sweep_dir)}: array {group.index}, {n} rung(s) with the same "
+                 f"# Sweep {comment_text(self.sweep_dir)}: array {group.index}, {n} rung(s) with the same "
                  f"resources.",
                  "# Written by ladder; submit with `ladder sweep` (it records the job ids).",
-                 *_sbatch_lines(f"{self.job_prefix}-{self.name}-a{group.index}", r,
+                 *sbatch_lines(f"{self.job_prefix}-{self.name}-a{group.index}", r,
                                 self.slurm_dir / "logs" / group.log_pattern, self.workdir),
                  f"#SBATCH --array={array}",
                  "#SBATCH --requeue",
@@ -246,15 +246,15 @@ class SlurmSweep:
         lines += ['  *) echo "[ladder] no rung for array task $SLURM_ARRAY_TASK_ID" >&2; exit 2;;',
                   "esac", ""]
         lines += rung_body(checkpoint=self.checkpoint_exit_code, retries=self.max_retries,
-                           max_requeues=self.max_requeues, launch=_launch_line(group.resources)
+                           max_requeues=self.max_requeues, launch=launch_line(group.resources)
                            ).splitlines()
         return "\n".join(lines) + "\n"
 
     def render_final(self) -> str:
         assert self.final is not None
         lines = ["#!/bin/bash",
-                 f"# Sweep {_comment(self.sweep_dir)}: runs after all rungs succeeded (afterok).",
-                 *_sbatch_lines(f"{self.job_prefix}-{self.name}-{self.final.name}",
+                 f"# Sweep {comment_text(self.sweep_dir)}: runs after all rungs succeeded (afterok).",
+                 *sbatch_lines(f"{self.job_prefix}-{self.name}-{self.final.name}",
                                 self.final.resources, self.slurm_dir / "logs" / "final.log",
                                 self.workdir),
                  "#SBATCH --open-mode=append",

@@ -80,12 +80,12 @@ _NODE_IFNAME = ('d="$(ladder_ifname "$MASTER_ADDR")"; if [ -n "$d" ]; then '
                 'NCCL_SOCKET_IFNAME=$NCCL_SOCKET_IFNAME" >&2; fi; ')
 
 
-def _comment(text: object) -> str:
+def comment_text(text: object) -> str:
     """Text safe inside a bash comment (a newline would end the comment)."""
     return str(text).replace("\n", "\\n").replace("\r", "\\r")
 
 
-def _sbatch_lines(job_name: str, r: Resources, output: Path, workdir: Path) -> list[str]:
+def sbatch_lines(job_name: str, r: Resources, output: Path, workdir: Path) -> list[str]:
     opts = [f"--job-name={job_name}", f"--output={output}", f"--chdir={workdir}",
             f"--nodes={r.nodes}", "--ntasks-per-node=1"]
     if r.gpus_per_node:
@@ -114,7 +114,7 @@ def _quote_sbatch(opt: str) -> str:
     return f'{flag}="{value}"'
 
 
-def _launch_line(r: Resources) -> str:
+def launch_line(r: Resources) -> str:
     """The step that runs a rung: plain ``srun CMD``, or ``accelerate launch`` on every node
     with the machine rank read per node from ``SLURM_NODEID`` (hence the ``bash -c``)."""
     # srun does not inherit sbatch's --cpus-per-task (SLURM >= 22.05): a step would get 1 CPU
