@@ -156,6 +156,7 @@ def predict_targets(runs: list[RunLog], targets: list[Target], tasks="paper",
                                          dropped_frac=p.interval_info.get("dropped_frac", 0.0),
                                          pred_acc=p.pred_acc, knee=_knee(m),
                                          no_interval=p.interval_info.get("unavailable"))
+                    _unconstrained_upper_half(p, m)
         return out
 
     # each worker takes every w-th task, as parallel_map would hand them out one by one
@@ -172,6 +173,20 @@ def predict_targets(runs: list[RunLog], targets: list[Target], tasks="paper",
                 warn(m)
         out += preds
     return out
+
+
+def _unconstrained_upper_half(p: Prediction, model: TaskModel) -> None:
+    """A prediction far above a ladder that never reached the link's knee reads the sigmoid's
+    upper half, which no rung constrains: its interval then spans the knee to the link's
+    ceiling, so no number near the asymptote is given as if it were measured."""
+    knee = p.grade.metrics.get("past_unreached_knee") if p.grade is not None else None
+    if knee is None or p.pred_acc_low is None or not p.interval_info or p.interval_info.get("unavailable"):
+        return
+    ceiling = model.step2.params_["hi"]
+    p.pred_acc_low, p.pred_acc_high = min(p.pred_acc_low, knee), max(p.pred_acc_high, ceiling)
+    p.interval_info["unconstrained"] = (
+        f"past the link's knee ({100 * knee:.1f}), which the ladder never reached: the interval "
+        f"spans the knee to the link's ceiling ({100 * ceiling:.1f}), which no rung constrains")
 
 
 def _knee(model: TaskModel) -> float | None:

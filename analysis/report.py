@@ -104,6 +104,8 @@ def markdown_table(preds: list[Prediction], reference: dict[str, tuple[float, fl
     if info:
         lines += ["", f"Intervals: {info['method']}."]
     lines += beyond_calibration_lines(preds)
+    lines += [f"\nUnconstrained: {p.target} {p.task}: {p.interval_info['unconstrained']}." for p in preds
+              if p.interval_info.get("unconstrained")]
     graded = [p for p in preds if p.grade is not None and p.grade.grade != "reliable"]
     if graded:
         lines += ["", "Trust grades other than reliable:"]

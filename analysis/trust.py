@@ -147,6 +147,7 @@ def _gain(noise: TaskNoise, pred_acc: float | None, m: dict, knee: float | None)
         return []
     past = ""
     if knee is not None and noise.best < knee < pred_acc:
+        m["past_unreached_knee"] = knee
         past = (f", past the sigmoid's knee ({100 * knee:.1f}) that the ladder never reached: its "
                 f"upper half is the lower half's mirror image, not a fit")
     return [f"the prediction is {100 * (pred_acc - noise.best):.1f} points above the ladder's best "

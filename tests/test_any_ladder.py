@@ -353,3 +353,22 @@ def test_bench_multi_target_smoke():
     """The benchmark of several targets in one call runs, and every way agrees."""
     out = _smoke("bench_multi_target.py")
     assert "every way gave the same predictions" in out and "two calls, each calibrating" in out
+
+
+def test_far_past_a_knee_the_ladder_never_reached_the_interval_runs_to_the_ceiling(tmp_path):
+    """Rungs only on the sigmoid's lower half and a target far above them: the upper half the
+    prediction reads is the lower half's mirror image, not a fit, so the grade is unreliable and
+    the interval spans the knee to the link's ceiling instead of a number near the asymptote."""
+    from analysis_synthetic import ACC, true_acc, true_bpb, write_ladder
+    from analysis.runlog import read_runs
+
+    runs = read_runs(write_ladder(tmp_path, sizes=("190M", "370M"), mults=(1, 2, 3), n_evals=12))
+    (p,) = predict_target(runs, Target("13B", 1.3e10, 5e12), "hellaswag", n_boot=40)
+    knee = p.grade.metrics["past_unreached_knee"]
+    assert p.grade.grade == "unreliable" and any("knee" in r for r in p.grade.reasons)
+    assert max(r.evals[ACC].max() for r in runs) < knee < p.pred_acc
+    assert p.pred_acc_low <= knee and p.pred_acc_high == pytest.approx(p.fits["step2"]["params"]["hi"])
+    assert "no rung constrains" in p.interval_info["unconstrained"]
+    assert p.pred_acc_low <= float(true_acc(true_bpb(1.3e10, 5e12))) <= p.pred_acc_high
+    from analysis.report import markdown_table
+    assert "Unconstrained: 13B hellaswag: past the link's knee" in markdown_table([p])
