@@ -112,7 +112,8 @@ def write_snapshot(snap: Snapshot, run_dir: Path, *, model, tokenizer, barrier: 
         (state_dir / "state.json").write_text(json.dumps({**snap.state, "world_size": snap.world_size}, indent=2))
         (tmp / ckpt.MANIFEST).write_text(json.dumps(
             {"step": snap.step, "tokens": snap.state.get("tokens"), "has_state": True,
-             "eval_step": snap.eval_step, "fsdp": snap.fsdp, "async": asynchronous}, indent=2))
+             "eval_step": snap.eval_step, "fsdp": snap.fsdp, "async": asynchronous,
+             "keep": bool(snap.state.get("keep"))}, indent=2))
     barrier()  # every process's files are written
     if main:
         ckpt.record_files(tmp)
