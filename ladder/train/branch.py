@@ -23,10 +23,10 @@ from pathlib import Path
 
 from analysis.files import atomic_write_text
 from analysis.runlog import METRICS_JSONL, RUN_JSON, STEP, RunMeta, read_metrics_jsonl
-from ladder.exit_codes import BAD_INPUT, DIVERGED, PARENT_FAILED
 from ladder.restarts import differences
 from ladder.runplan import RunPlan
 from ladder.train import checkpoint as ckpt
+from ladder.train.status import stopped_for_good
 
 # run.json keys a branch must share with its parent: the same model, data, batch and LR
 SHARED_KEYS = ("size", "seed", "n_params", "batch_tokens", "lr", "corpus_hash", "tokenizer_hash",
@@ -51,16 +51,6 @@ def branch_point(parent_dir: str | os.PathLike, step: int) -> ckpt.CheckpointInf
                 None)
 
 
-def parent_outcome_failed(parent_dir: str | os.PathLike) -> str | None:
-    """Why the parent will never reach a branch point (its status file), or None."""
-    from ladder.train.status import read_status
-
-    st = read_status(parent_dir) or {}
-    if st.get("outcome") in (BAD_INPUT, DIVERGED, PARENT_FAILED):
-        return f"{st['outcome']}" + (f": {st['message']}" if st.get("message") else "")
-    return None
-
-
 def seed_branch(run_dir: Path, parent_dir: Path, plan: RunPlan, meta: RunMeta, report=print) -> bool:
     """Give a new branch its parent's state at the branch point (main process, with the run
     directory locked). Returns False when the branch has a checkpoint of its own already."""
@@ -70,7 +60,7 @@ def seed_branch(run_dir: Path, parent_dir: Path, plan: RunPlan, meta: RunMeta, r
     check_parent(parent_dir, plan, meta)
     info = branch_point(parent_dir, step)
     if info is None:
-        failed = parent_outcome_failed(parent_dir)
+        failed = stopped_for_good(parent_dir)
         if failed:
             raise ParentFailed(f"parent {parent_dir} stopped before step {step} ({failed}); "
                                f"the branch {plan.name} cannot start")
