@@ -112,6 +112,7 @@ class SlurmSweep:
     job_prefix: str = "ladder"
     skip_done: bool = True  # rungs whose run_state is done are not submitted again
     small: Resources = field(default_factory=Resources)  # a WSD parent's stop job (slurm_branches)
+    branch_poll_seconds: int = 30  # a WSD parent's batch shell looks for its branch points this often
     groups: list[ArrayGroup] = field(init=False, default_factory=list)
     waiting: dict[str, list[Job]] = field(init=False, default_factory=dict)  # parent -> held branches
 
@@ -143,7 +144,8 @@ class SlurmSweep:
         caller's: ``config.resources(size)`` per rung)."""
         return cls(Path(sweep_dir), rungs, final, signal_seconds=config.signal_seconds,
                    max_retries=config.max_retries, max_parallel=config.max_parallel,
-                   setup=config.setup, small=config.defaults, **kwargs)
+                   setup=config.setup, small=config.defaults,
+                   branch_poll_seconds=config.branch_poll_seconds, **kwargs)
 
     @property
     def slurm_dir(self) -> Path:
@@ -198,7 +200,7 @@ class SlurmSweep:
         lines += ['  *) echo "[ladder] no rung for array task $SLURM_ARRAY_TASK_ID" >&2; exit 2;;',
                   "esac", ""]
         if any(job.name in self.waiting for job in group.rungs):
-            lines += gate_lines()
+            lines += gate_lines(self.branch_poll_seconds)
         lines += rung_body(checkpoint=self.checkpoint_exit_code, retries=self.max_retries,
                            max_requeues=self.max_requeues, launch=_launch_line(group.resources)
                            ).splitlines()

@@ -25,9 +25,6 @@ from typing import Any, Sequence
 from ladder.sweep.branches import ready
 from ladder.sweep.launcher import Job
 
-GATE_INTERVAL_S = 30  # the parent's batch shell checks its branch points this often
-
-
 def waiting(jobs: Sequence[Job]) -> dict[str, list[Job]]:
     """Parent name -> its branches in ``jobs`` that must wait for it (held when submitted)."""
     out: dict[str, list[Job]] = {}
@@ -41,12 +38,13 @@ def module_argv(action: str, sweep_dir: Path, parent: str) -> list[str]:
     return [sys.executable, "-m", "ladder.sweep.slurm_gate", action, str(sweep_dir), parent]
 
 
-def gate_lines() -> list[str]:
+def gate_lines(every_s: int) -> list[str]:
     """Batch-script lines after the rung table: a parent task (GATE set) releases its branches
-    as their branch points appear, and once more whenever the script exits."""
+    as their branch points appear (looking every ``every_s`` seconds), and once more whenever
+    the script exits."""
     return ['if [ -n "${GATE+x}" ]; then',
             "  # a WSD stable run: release each decay branch once its branch point is saved",
-            f'  ( while ! "${{GATE[@]}}"; do sleep {GATE_INTERVAL_S}; done ) &',
+            f'  ( while ! "${{GATE[@]}}"; do sleep {int(every_s)}; done ) &',
             "  trap '\"${GATE[@]}\" || true' EXIT",
             "fi", ""]
 

@@ -9,7 +9,7 @@ from typing import Any, Iterable
 from ladder.sweep.launcher import JobSpecError, Resources
 
 _SWEEP_KNOBS = {"signal_seconds": int, "max_retries": int, "max_parallel": int, "setup": list,
-                "gpu_memory_gib": int}
+                "gpu_memory_gib": int, "branch_poll_seconds": int}
 
 
 @dataclass
@@ -26,6 +26,7 @@ class SlurmConfig:
     max_parallel: int | None = None
     setup: tuple[str, ...] = ()
     gpu_memory_gib: int | None = None  # the partition's GPU memory: the dry run checks the estimate
+    branch_poll_seconds: int = 30  # WSD: a stable run's batch shell looks for branch points this often
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None, where: str = "slurm",
