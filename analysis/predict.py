@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from analysis.annealed import fit_runs, run_tail
 from analysis.files import json_safe
 from analysis.fit import single_threaded_blas
 from analysis.parallel import default_workers, parallel_map
@@ -93,9 +94,11 @@ def loss_metric_name(task: TaskSpec, feature: str) -> str:
 
 
 def actual_values(run: RunLog, task: TaskSpec, feature: str = "bpb", last: int = 5):
-    """The target's actual accuracy and feature: mean of its last ``last`` evaluations."""
-    acc = float(np.mean(task_accuracy(run, task)[-last:]))
-    loss = float(np.mean(task_feature(run, task, feature)[-last:]))
+    """The target's actual accuracy and feature: mean of its last ``last`` evaluations (a WSD
+    run's: its decayed end, analysis/annealed.py)."""
+    rows = run_tail(run, last)
+    acc = float(np.mean(task_accuracy(run, task)[rows]))
+    loss = float(np.mean(task_feature(run, task, feature)[rows]))
     return acc, loss
 
 
@@ -127,6 +130,7 @@ def predict_targets(runs: list[RunLog], targets: list[Target], tasks="paper",
     ``converged`` and through ``warn`` (default: stderr)."""
     warn = warn or (lambda m: print(f"warning: {m}", file=sys.stderr))
     actuals = actuals or {}
+    runs = fit_runs(runs)  # a WSD stable run has no final point (analysis/annealed.py)
     items = list(_as_tasks(tasks).items())
     fit_n = [float(r.n) for r in runs]
     fit_d = [float(r.d) for r in runs]
@@ -143,7 +147,7 @@ def predict_targets(runs: list[RunLog], targets: list[Target], tasks="paper",
         if intervals:
             last = config.last
             # the noise term assumes each actual averages `last` evaluations (fewer if short)
-            n_eval = min([last] + [a.n_evals for t in targets
+            n_eval = min([last] + [run_tail(a, last).size for t in targets
                                    if (a := actuals.get(t.name)) is not None])
             bss = bootstrap_samples_many(models, [t.n for t in targets], [t.d for t in targets],
                                          n_boot=n_boot, seed=seed, n_actual_evals=n_eval)

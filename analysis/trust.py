@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from analysis.annealed import annealing, run_tail
 from analysis.runlog import TOKENS, RunLog
 from analysis.metrics import TaskSpec
 from analysis.twostep import task_accuracy, task_feature
@@ -61,14 +62,16 @@ def task_noise(runs: list[RunLog], task: TaskSpec, feature: str = "bpb", last: i
     nmax = max(float(r.n) for r in runs)
     acc_sd, f_sd = [], []
     for r in (r for r in runs if float(r.n) == nmax):
-        tok = r.column(TOKENS)
+        ann = annealing(r)  # a WSD run: its stable phase, where the trend in log tokens is smooth
+        end = ann.decay_from if ann is not None else r.n_evals
+        tok = r.column(TOKENS)[:end]
         k = min(tok.size, max(5, int(round(TAIL * tok.size))))
         x = np.log(tok[-k:])
-        acc = task_accuracy(r, task)[-k:]
-        f = task_feature(r, task, feature)[-k:]
+        acc = task_accuracy(r, task)[:end][-k:]
+        f = task_feature(r, task, feature)[:end][-k:]
         acc_sd.append(_detrended_sd(x, acc))
         f_sd.append(_detrended_sd(x, f) / abs(float(np.mean(f))))
-    finals = [float(np.mean(task_accuracy(r, task)[-last:])) for r in runs]
+    finals = [float(np.mean(task_accuracy(r, task)[run_tail(r, last)])) for r in runs]
     return TaskNoise(float(np.nanmean(acc_sd)), float(np.nanmean(f_sd)),
                      float(max(finals) - min(finals)))
 

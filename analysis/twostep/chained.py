@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from analysis.annealed import points_used
 from analysis.fit import single_threaded_blas
 from analysis.laws import LAWS, ChinchillaLaw, ComputeLaw, Law, SigmoidLink, TiedChinchillaLaw
 from analysis.metrics import CHANCE_ACCURACY, TaskSpec
@@ -57,10 +58,14 @@ class TaskModel:
         return all(l.converged_ for l in laws)
 
     def diagnostics(self) -> dict:
+        used = points_used([s.annealing for s in self.series], int(self.data1.y.size),
+                           int(self.data2.y.size), self.config)
         out = {"step1": {"law": type(self.step1).__name__, "params": self.step1.params_,
-                         **self.step1.result_.to_json(), "n_points": int(self.data1.y.size)},
+                         **self.step1.result_.to_json(), "n_points": int(self.data1.y.size),
+                         "points": used["step1"]},
                "step2": {"law": type(self.step2).__name__, "params": self.step2.params_,
-                         **self.step2.result_.to_json(), "n_points": int(self.data2.y.size)}}
+                         **self.step2.result_.to_json(), "n_points": int(self.data2.y.size),
+                         "points": used["step2"]}}
         if self.single is not None:
             key = "direct" if self.config.mode == "direct" else "single_step"
             out[key] = {"law": type(self.single).__name__, "params": self.single.params_,
@@ -106,7 +111,7 @@ def _fit_task(runs, task, config) -> TaskModel:
     model = TaskModel(task, cfg, series, step1, step2, d1, d2)
     if cfg.mode == "single":
         fin_n = np.array([s.n for s in series]); fin_d = np.array([s.d for s in series])
-        fin_acc = np.array([np.mean(s.acc[-cfg.last:]) for s in series])
+        fin_acc = np.array([np.mean(s.acc[s.tail(cfg.last)]) for s in series])
         model.single = _fit_quiet(SingleStepLaw(step1, step2), *model._step1_input(fin_n, fin_d),
                                   y=fin_acc)
     elif cfg.mode == "direct":

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from analysis.annealed import Annealing, annealing, tail_rows
 from analysis.metrics import TaskSpec
 from analysis.runlog import TOKENS, RunLog, RunLogError
 from analysis.twostep.config import FEATURES, VAL_CE
@@ -21,10 +22,15 @@ class RunSeries:
     feature: np.ndarray
     acc: np.ndarray
     source: str = ""
+    annealing: Annealing | None = None  # a WSD run: which evaluations are final points
 
     @property
     def d(self) -> float:
         return float(self.tokens[-1])
+
+    def tail(self, last: int) -> np.ndarray:
+        """Rows of the run's final value (analysis/annealed.py)."""
+        return tail_rows(self.tokens.size, last, self.annealing)
 
 
 def _weighted(run: RunLog, cols: list[tuple[str, float]]) -> np.ndarray:
@@ -56,7 +62,7 @@ def run_series(run: RunLog, task: TaskSpec, feature: str, min_evals: int = 5) ->
         raise RunLogError(f"{run.source}: only {run.n_evals} evaluation row(s) in column "
                           f"'{TOKENS}'; a ladder run needs at least {min_evals}")
     return RunSeries(run.name, float(run.n), run.column(TOKENS), task_feature(run, task, feature),
-                     task_accuracy(run, task), run.source)
+                     task_accuracy(run, task), run.source, annealing(run))
 
 
 def moving_average(x: np.ndarray, window: int) -> np.ndarray:

@@ -141,6 +141,8 @@ def load_inputs(args, warn=None):
     warn = warn or once()
     for r in empty:
         warn(f"{r.source}: no evaluations yet (a run that has just started?); skipped")
+    from analysis.annealed import fit_runs
+    runs = fit_runs(runs, warn)  # a WSD stable run (or one not decayed yet) has no final point
     actual = read_run(args.actual) if getattr(args, "actual", None) else None
     if actual is not None and not actual.n_evals:
         raise RunLogError(f"--actual {actual.source}: no evaluations; the target's log is empty")
