@@ -31,6 +31,9 @@ from ladder.train.status import stopped_for_good
 # run.json keys a branch must share with its parent: the same model, data, batch and LR
 SHARED_KEYS = ("size", "seed", "n_params", "batch_tokens", "lr", "corpus_hash", "tokenizer_hash",
                "warmup_steps")
+# Recipe keys the stable phase does not depend on: branches decaying differently (another shape,
+# floor or length) may start from one stable run, at a branch point it kept (checked apart).
+DECAY_KEYS = ("train.decay_shape", "train.final_lr_fraction", "train.decay_fraction")
 
 
 class BranchError(ValueError):
@@ -90,7 +93,8 @@ def check_parent(parent_dir: Path, plan: RunPlan, meta: RunMeta) -> None:
         raise BranchError(f"{p}: unreadable ({e})") from None
     mine = meta.to_json()
     diffs = [(k, parent.get(k), mine.get(k)) for k in SHARED_KEYS if parent.get(k) != mine.get(k)]
-    diffs += differences(parent.get("recipe") or {}, mine.get("recipe") or {}, "run")
+    diffs += [d for d in differences(parent.get("recipe") or {}, mine.get("recipe") or {}, "run")
+              if d[0] not in DECAY_KEYS]
     if parent.get("role") != "stable":
         diffs.insert(0, ("role", parent.get("role"), "stable"))
     elif plan.decay_start not in (parent.get("branch_steps") or []):
