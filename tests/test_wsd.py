@@ -141,7 +141,7 @@ def test_the_wsd_recipe_costs_under_65_percent_of_the_cosine_ladder(ladder_here)
     assert "(linear, decay_fraction 0.2; train.schedule=wsd)" in r.stdout  # what WSD would cost
     r = ladder_here("sweep", ROOT / "recipes" / "tiny-cpu-wsd.yaml", "--dry-run")
     assert r.returncode == 0, r.stderr
-    assert "WSD decay branches (1-sqrt, decay_fraction 0.15; this recipe)" in r.stdout and "saving" in r.stdout
+    assert "WSD decay branches (1-sqrt, decay_fraction 0.18; this recipe)" in r.stdout and "saving" in r.stdout
     flat = plan_sweep(from_dict({**RECIPE, "train": {**RECIPE["train"], "branches": False}}))
     assert not flat.stables and [p.role for p in flat.rungs] == ["run", "run"]
 

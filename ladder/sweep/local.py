@@ -253,6 +253,7 @@ def local_status(sweep: Sweep) -> LocalStatus:
     for role, r in sweep.plan.all_runs():
         st = run_state(sweep.run_dir(r))
         state, note = branch_state(sweep.rung_job(r), st.state)
+        role = "branch" if r.role == "branch" else role
         out.append({"name": r.name, "role": role, "state": state, "tokens": st.tokens,
                     "target_tokens": st.target_tokens, "loss": st.loss, "evals": st.evals,
                     "note": note or st.note})

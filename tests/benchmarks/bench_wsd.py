@@ -129,13 +129,13 @@ def measure(cosine: list[RunLog], wsd: list[RunLog], targets: dict, target: Targ
            "final_val_loss_summary": {"mean_abs_pct": float(np.mean(rel)), "max_abs_pct": float(np.max(rel)),
                                       "mean_signed_pct": float(np.mean([p["rel_pct"] for p in pairs]))},
            "backtest": {"cosine": backtests(cosine, tasks, cfg),
-                        "wsd (step 2: all rows)": backtests(wsd_rungs, tasks, cfg),
-                        "wsd (step 2: decay rows)": backtests(wsd_rungs, tasks, replace(cfg, wsd_step2="decay"))},
+                        "wsd (step 2: decay rows)": backtests(wsd_rungs, tasks, replace(cfg, wsd_step2="decay")),
+                        "wsd (step 2: all rows)": backtests(wsd_rungs, tasks, replace(cfg, wsd_step2="all"))},
            "target": target_predictions({"cosine": cosine, "wsd": wsd_rungs}, targets, target, tasks, cfg)}
     t = res["trained_flops"]
     t["ratio"] = t["wsd"] / t["cosine"]
     c = res["backtest"]["cosine"]["mean"]["mae_points"]
-    for k in ("wsd (step 2: all rows)", "wsd (step 2: decay rows)"):
+    for k in ("wsd (step 2: decay rows)", "wsd (step 2: all rows)"):
         res["backtest"][k]["mean"]["ratio_to_cosine"] = res["backtest"][k]["mean"]["mae_points"] / c
     return res
 
