@@ -51,6 +51,8 @@ def add_config_arguments(p) -> None:
                         "method (-log accuracy as a law of N and D, arXiv 2512.08894)")
     g.add_argument("--direct-exponents", choices=("tied", "free"), default=c.direct_exponents,
                    help="direct method: alpha = beta (default), or the paper's free pair")
+    g.add_argument("--wsd-step2", choices=("decay", "all"), default=c.wsd_step2,
+                   help="WSD runs in step 2: rows from their decay's start, or the stable phase's too")
     g.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates for intervals")
     g.add_argument("--seed", type=int, default=0)
 
@@ -61,7 +63,8 @@ def config_from_args(args):
                          step1_exponents=args.step1_exponents,
                          link=args.link, link_floor=args.link_floor,
                          link_ceiling=args.link_ceiling, mode=args.mode,
-                         direct_exponents=args.direct_exponents)
+                         direct_exponents=args.direct_exponents,
+                         wsd_step2=getattr(args, "wsd_step2", "decay"))
 
 
 def add_tokens_argument(p) -> None:
