@@ -13,6 +13,8 @@ __getattr__, __dir__, _EXPORTED = attach(__name__, {
     "analysis.laws": ("ChinchillaLaw", "ComputeLaw", "LogSigmoidLink", "SigmoidLink"),
     "analysis.predict": ("Prediction", "Target", "predict_target", "predict_targets"),
     "analysis.runlog": ("RunLog", "RunLogError", "RunLogWriter", "RunMeta", "read_run", "read_runs"),
+    "analysis.sources": ("read_ladder",),
+    "analysis.metrics": ("TaskSpec",),
     "analysis.twostep": ("TaskModel", "TwoStepConfig", "fit_task"),
 })
 

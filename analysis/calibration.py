@@ -108,6 +108,8 @@ class Calibration:
     # the farthest the backtests extrapolated (dN, dT): beyond, the widening is extrapolated too
     dn_max: float | None = None
     dt_max: float | None = None
+    # per scenario, the coverage of a calibration fitted without it (calibrate_ladder's)
+    loso_coverage: dict[str, dict] = field(default_factory=dict)
 
     def beyond(self, dn: float, dt: float) -> dict[str, list[float]]:
         """The axes on which a prediction extrapolates farther than any backtest that calibrated

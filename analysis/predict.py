@@ -17,10 +17,10 @@ from analysis.fit import single_threaded_blas
 from analysis.parallel import default_workers, parallel_map
 from analysis.runlog import RunLog
 from analysis.metrics import TaskSpec, resolve_tasks
-from analysis.twostep import (TaskModel, TwoStepConfig, feature_columns, fit_task, task_accuracy,
-                              task_feature)
+from analysis.twostep import TaskModel, TwoStepConfig, fit_task, task_accuracy
+from analysis.twostep.series import Feature, resolve_feature
 from analysis.calibration import Calibration, extrapolation
-from analysis.trust import grade_task, task_noise
+from analysis.trust import grade_task, series_noise
 from analysis.uncertainty import bootstrap_samples_many, interval_from
 
 
@@ -86,20 +86,17 @@ class Prediction:
         return json_safe(out)
 
 
-def loss_metric_name(task: TaskSpec, feature: str) -> str:
-    cols = feature_columns(task, feature)
-    if len(cols) == 1:
-        return ("-" if feature == "task_ce" else "") + cols[0][0]
-    return ("-" if feature == "task_ce" else "") + " + ".join(f"{w:g}*{c}" for c, w in cols)
-
-
-def actual_values(run: RunLog, task: TaskSpec, feature: str = "bpb", last: int = 5):
+def actual_values(run: RunLog, task: TaskSpec, feature: Feature | str | None = "bpb", last: int = 5):
     """The target's actual accuracy and feature: mean of its last ``last`` evaluations (a WSD
-    run's: its decayed end, analysis/annealed.py)."""
+    run's: its decayed end, analysis/annealed.py; the feature None where the method reads none
+    or the target's log lacks its columns)."""
     rows = run_tail(run, last)
     acc = float(np.mean(task_accuracy(run, task)[rows]))
-    loss = float(np.mean(task_feature(run, task, feature)[rows]))
-    return acc, loss
+    if isinstance(feature, str):
+        feature = resolve_feature(feature, task, [run])
+    if feature is None or not all(run.has(c) for c, _ in feature.columns):
+        return acc, None
+    return acc, float(np.mean(feature.values(run)[rows]))
 
 
 def _as_tasks(tasks) -> dict[str, TaskSpec]:
@@ -145,21 +142,24 @@ def predict_targets(runs: list[RunLog], targets: list[Target], tasks="paper",
         out = [[_point(m, name, task, t, actuals.get(t.name), fit_n, fit_d) for t in targets]
                for m, (name, task) in zip(models, chunk)]
         if intervals:
-            last = config.last
             # the noise term assumes each actual averages `last` evaluations (fewer if short)
-            n_eval = min([last] + [run_tail(a, last).size for t in targets
-                                   if (a := actuals.get(t.name)) is not None])
-            bss = bootstrap_samples_many(models, [t.n for t in targets], [t.d for t in targets],
-                                         n_boot=n_boot, seed=seed, n_actual_evals=n_eval)
-            for preds, bs in zip(out, bss):
-                _add_intervals(preds, bs, keep_samples, calibration)
+            n_eval = [run_tail(a, config.last).size if (a := actuals.get(t.name)) is not None
+                      else config.last for t in targets]
+            fitted = [i for i, m in enumerate(models) if not m.refused]
+            bss = bootstrap_samples_many([models[i] for i in fitted], [t.n for t in targets],
+                                         [t.d for t in targets], n_boot=n_boot, seed=seed,
+                                         n_actual_evals=n_eval)
+            for i, bs in zip(fitted, bss):
+                _add_intervals(out[i], bs, keep_samples, calibration)
         if grades:
             for m, (name, task), preds in zip(models, chunk, out):
-                g = grade_task(name, task_noise(runs, task, config.feature, config.last),
-                               calibration=calibration, converged=m.converged,
-                               dropped_frac=preds[0].interval_info.get("dropped_frac", 0.0))
+                noise = series_noise(m.series, config.last)
                 for p in preds:
-                    p.grade = g
+                    p.grade = grade_task(name, noise, calibration=calibration,
+                                         converged=m.converged, signal=m.signal,
+                                         dropped_frac=p.interval_info.get("dropped_frac", 0.0),
+                                         pred_acc=p.pred_acc, knee=_knee(m),
+                                         no_interval=p.interval_info.get("unavailable"))
         return out
 
     # each worker takes every w-th task, as parallel_map would hand them out one by one
@@ -178,17 +178,28 @@ def predict_targets(runs: list[RunLog], targets: list[Target], tasks="paper",
     return out
 
 
+def _knee(model: TaskModel) -> float | None:
+    """The accuracy at the chained link's inflection (halfway between its asymptotes)."""
+    if model.single is not None or model.step2 is None:
+        return None
+    par = model.step2.params_
+    return 0.5 * (par["lo"] + par["hi"])
+
+
 def _point(model, name, task, target, actual, fit_n, fit_d) -> Prediction:
     config = model.config
     acc = float(model.predict_acc(target.n, target.d)[0])
     loss = float(model.predict_loss(target.n, target.d)[0]) if model.single is None else float("nan")
     p = Prediction(name, target.name, acc, acc, acc, loss, target_n=float(target.n),
                    target_d=float(target.d), converged=model.converged,
-                   loss_metric=loss_metric_name(task, config.feature),
+                   loss_metric=model.feature.label if model.feature is not None else "",
                    warnings=list(model.warnings), fits=model.diagnostics(), model=model)
     p.dn, p.dt = extrapolation(fit_n, fit_d, float(target.n), float(target.d))
+    if model.refused:
+        p.interval_info = {"level": 0.9, "calibrated": False, "unavailable": model.refused}
+        p.warnings.append(f"{name}: no prediction: {model.refused}")
     if actual is not None:
-        p.actual_acc, p.actual_loss = actual_values(actual, task, config.feature, config.last)
+        p.actual_acc, p.actual_loss = actual_values(actual, task, model.feature, config.last)
     return p
 
 
@@ -196,6 +207,9 @@ def _add_intervals(preds, bs, keep_samples, calibration):
     """Raw bootstrap interval of every target from one bootstrap, then the calibration."""
     for j, p in enumerate(preds):
         iv = interval_from(bs, j, keep_samples=keep_samples)
+        if iv.unavailable:
+            _no_interval(p, iv)
+            continue
         acc = p.pred_acc
         p.raw_low, p.raw_high = min(iv.low, acc), max(iv.high, acc)
         p.pred_loss_low, p.pred_loss_high = iv.loss_low, iv.loss_high
@@ -224,6 +238,19 @@ def _add_intervals(preds, bs, keep_samples, calibration):
         p.calibration = calibration
 
 
+def _no_interval(p: Prediction, iv) -> None:
+    """Too few bootstrap refits converged: the point prediction stands, the interval is NaN
+    (null in JSON) and says why."""
+    p.pred_acc_low = p.pred_acc_high = p.raw_low = p.raw_high = float("nan")
+    p.interval_info = {"level": 0.9, "calibrated": False, "unavailable": iv.unavailable,
+                       "dropped_frac": 1 - iv.n_used / iv.n_boot}
+    p.fits["interval"] = {"n_boot": iv.n_boot, "n_converged": iv.n_used,
+                          "checkpoint_noise_sd": iv.noise_sd}
+    p.warnings.append(f"{p.task}: {iv.unavailable}")
+    p.interval = iv
+
+
 def mean_abs_error(preds: list[Prediction]) -> float | None:
-    errs = [abs(p.pred_acc - p.actual_acc) for p in preds if p.actual_acc is not None]
+    errs = [abs(p.pred_acc - p.actual_acc) for p in preds
+            if p.actual_acc is not None and np.isfinite(p.pred_acc)]
     return float(np.mean(errs)) if errs else None

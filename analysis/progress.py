@@ -49,6 +49,10 @@ class LadderProgress:
         lines = [f"partial-ladder predictions from {done} of {len(self.rungs)} rungs finished "
                  f"({self.compute_done:.0%} of the ladder's compute):"]
         for p in self.predictions:
+            if not np.isfinite(p.pred_acc_high - p.pred_acc_low):
+                lines.append(f"  {p.target} {p.task}: no prediction ({p.grade_name}: "
+                             f"{p.interval_info.get('unavailable', '')})")
+                continue
             w = p.pred_acc_high - p.pred_acc_low
             full = self.full_width.get((p.task, p.target))
             near = (f"; with every rung the extrapolation alone would leave ~{100 * full:.1f}"
@@ -82,7 +86,7 @@ def predict_progress(finished: list[RunLog], rungs: list[PlannedRung], targets: 
     full = {}
     if cal is not None:
         plan_n, plan_d = [r.n for r in rungs], [r.d for r in rungs]
-        for p in preds:
+        for p in (p for p in preds if p.raw_low is not None and np.isfinite(p.raw_low)):
             dn, dt = extrapolation(plan_n, plan_d, p.target_n, p.target_d)
             lo, hi = cal.widen(p.task, p.pred_acc, p.raw_low, p.raw_high, dn, dt)
             full[(p.task, p.target)] = float(np.clip(hi, 0, 1) - np.clip(lo, 0, 1))

@@ -28,6 +28,21 @@ def _pts(x) -> str:
     return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{100 * x:.2f}"
 
 
+def _fin(x) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def _scored(preds: list[Prediction]) -> list[Prediction]:
+    """Predictions with a number and an actual (a refused task has no number to score)."""
+    return [p for p in preds if p.actual_acc is not None and _fin(p.pred_acc)]
+
+
+def _inside(p: Prediction) -> bool | None:
+    if not (_fin(p.pred_acc_low) and _fin(p.pred_acc_high)):
+        return None
+    return p.pred_acc_low <= p.actual_acc <= p.pred_acc_high
+
+
 def beyond_calibration_lines(preds: list[Prediction]) -> list[str]:
     """Per target, where it lies farther beyond the ladder than any backtest that calibrated its
     interval: there the widening itself is an extrapolation, which the reader must know."""
@@ -61,9 +76,11 @@ def markdown_table(preds: list[Prediction], reference: dict[str, tuple[float, fl
                f"{p.pred_loss:.4f}" if math.isfinite(p.pred_loss) else "—"]
         if has_actual:
             if p.actual_acc is not None:
-                err = 100 * (p.pred_acc - p.actual_acc)
-                inside = p.pred_acc_low <= p.actual_acc <= p.pred_acc_high
-                row += [_pts(p.actual_acc), f"{err:+.2f}", f"{p.actual_loss:.4f}", "yes" if inside else "no"]
+                inside = _inside(p) if _fin(p.pred_acc) else None
+                row += [_pts(p.actual_acc),
+                        f"{100 * (p.pred_acc - p.actual_acc):+.2f}" if _fin(p.pred_acc) else "—",
+                        f"{p.actual_loss:.4f}" if _fin(p.actual_loss) else "—",
+                        "—" if inside is None else "yes" if inside else "no"]
             else:
                 row += ["—"] * 4
         if reference:
@@ -71,15 +88,19 @@ def markdown_table(preds: list[Prediction], reference: dict[str, tuple[float, fl
             row += [f"{ref[1]:.2f}", f"{ref[1] - ref[0]:+.2f}"] if ref else ["—", "—"]
         row.append("ok" if p.converged else "**NOT CONVERGED**")
         lines.append("| " + " | ".join(row) + " |")
-    errs = [abs(p.pred_acc - p.actual_acc) for p in preds if p.actual_acc is not None]
-    if errs:
-        cov = np.mean([p.pred_acc_low <= p.actual_acc <= p.pred_acc_high for p in preds
-                       if p.actual_acc is not None])
+    scored = _scored(preds)
+    if scored:
+        errs = [abs(p.pred_acc - p.actual_acc) for p in scored]
+        inside = [x for x in map(_inside, scored) if x is not None]
+        widths = [p.pred_acc_high - p.pred_acc_low for p in preds
+                  if _fin(p.pred_acc_low) and _fin(p.pred_acc_high)]
         lines.append("")
         lines.append(f"Mean absolute error: {100 * np.mean(errs):.2f} points; "
-                     f"max {100 * np.max(errs):.2f}; interval coverage {cov:.0%}; median interval "
-                     f"width {100 * np.median([p.pred_acc_high - p.pred_acc_low for p in preds]):.2f} points.")
-    info = next((p.interval_info for p in preds if p.interval_info), None)
+                     f"max {100 * np.max(errs):.2f}"
+                     + (f"; interval coverage {np.mean(inside):.0%}" if inside else "")
+                     + (f"; median interval width {100 * np.median(widths):.2f} points" if widths else "")
+                     + ".")
+    info = next((p.interval_info for p in preds if p.interval_info.get("method")), None)
     if info:
         lines += ["", f"Intervals: {info['method']}."]
     used = next((p.fits for p in preds if "points" in p.fits.get("step1", {})), None)
@@ -195,7 +216,10 @@ def _legend_handles(colors, with_actual):
 
 def plot_step1(preds: list[Prediction], path) -> Path:
     """Feature vs compute: ladder finals, the law along each size, the target's prediction."""
-    preds = [p for p in preds if p.model is not None and p.model.single is None]
+    preds = [p for p in preds if p.model is not None and p.model.step1 is not None
+             and p.model.single is None]
+    if not preds:
+        return None
     colors = _size_colors(preds)
     fig, axes = _grid(len(preds))
     for ax, p in zip(axes, preds):
@@ -237,24 +261,33 @@ def p_d(p: Prediction) -> float:
 def plot_step2(preds: list[Prediction], path) -> Path:
     """Accuracy vs feature on the (smoothed) intermediate checkpoints, the fitted link, and
     the target at its predicted loss."""
-    preds = [p for p in preds if p.model is not None]
+    preds = [p for p in preds if p.model is not None and p.model.step2 is not None]
+    if not preds:
+        return None
     colors = _size_colors(preds)
     fig, axes = _grid(len(preds))
     for ax, p in zip(axes, preds):
         m, d2 = p.model, p.model.data2
         ax.scatter(d2.x, d2.y, c=[colors[n] for n in d2.n], s=4, alpha=0.5, lw=0)
         lo = min(np.min(d2.x), p.pred_loss if math.isfinite(p.pred_loss) else np.inf)
-        if p.actual_loss is not None:
+        if _fin(p.actual_loss):
             lo = min(lo, p.actual_loss)
         xs = np.linspace(lo * 0.95, np.max(d2.x) * 1.02, 200)
         ax.plot(xs, m.step2.predict(xs), color="black", lw=1)
         if math.isfinite(p.pred_loss):
-            ax.errorbar(p.pred_loss, p.pred_acc, yerr=[[p.pred_acc - p.pred_acc_low], [p.pred_acc_high - p.pred_acc]],
-                        fmt="*", color="crimson", ms=10, capsize=3, zorder=4)
-        if p.actual_acc is not None:
+            ax.errorbar(p.pred_loss, p.pred_acc, yerr=_yerr(p), fmt="*", color="crimson", ms=10,
+                        capsize=3, zorder=4)
+        if p.actual_acc is not None and _fin(p.actual_loss):
             ax.scatter(p.actual_loss, p.actual_acc, marker="X", color="black", s=30, zorder=5)
         _style(ax, _title(p), _feature_label(m.config.feature), "accuracy", False)
     return _finish(fig, _legend_handles(colors, any(p.actual_acc is not None for p in preds)), path)
+
+
+def _yerr(p: Prediction):
+    """The interval as an error bar; none where there is no interval."""
+    if not (_fin(p.pred_acc_low) and _fin(p.pred_acc_high)):
+        return None
+    return [[p.pred_acc - p.pred_acc_low], [p.pred_acc_high - p.pred_acc]]
 
 
 def chained_band(p: Prediction, ds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -277,7 +310,9 @@ def chained_band(p: Prediction, ds: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 def plot_chained(preds: list[Prediction], path) -> Path:
     """Accuracy vs compute: ladder finals, the chained law for each size and for the target's
     N (with its 90% band), the prediction and the actual."""
-    preds = [p for p in preds if p.model is not None]
+    preds = [p for p in preds if p.model is not None and not p.model.refused]
+    if not preds:
+        return None
     colors = _size_colors(preds)
     fig, axes = _grid(len(preds))
     for ax, p in zip(axes, preds):
@@ -290,18 +325,17 @@ def plot_chained(preds: list[Prediction], path) -> Path:
         tn, td = p_n(p), p_d(p)
         ds = np.geomspace(dmin, td * 1.5, 50)
         ax.plot(6 * tn * ds, m.predict_acc(np.full_like(ds, tn), ds), color="crimson", lw=1, ls="--")
-        if p.interval is not None and p.interval.thetas is not None:
+        if p.interval is not None and p.interval.thetas is not None and not p.interval.unavailable:
             lo, hi = chained_band(p, ds)
             ax.fill_between(6 * tn * ds, lo, hi, color="crimson", alpha=0.15, lw=0)
-        ax.errorbar(6 * tn * td, p.pred_acc, yerr=[[p.pred_acc - p.pred_acc_low], [p.pred_acc_high - p.pred_acc]],
-                    fmt="*", color="crimson", ms=10, capsize=3, zorder=4)
+        ax.errorbar(6 * tn * td, p.pred_acc, yerr=_yerr(p), fmt="*", color="crimson", ms=10,
+                    capsize=3, zorder=4)
         if p.actual_acc is not None:
             ax.scatter(6 * tn * td, p.actual_acc, marker="X", color="black", s=30, zorder=5)
         _style(ax, _title(p), "compute 6ND (FLOPs)", "accuracy", True)
     return _finish(fig, _legend_handles(colors, any(p.actual_acc is not None for p in preds)), path)
 
 
-REPORT_FILES = ("predictions.json", "report.md")  # what write_report writes, besides its plots
 
 
 def write_report(preds: list[Prediction], out_dir, title: str, config=None, plots: bool = True,
@@ -322,8 +356,8 @@ def write_report(preds: list[Prediction], out_dir, title: str, config=None, plot
         import matplotlib.figure  # noqa: F401
         from matplotlib.backends import backend_agg  # noqa: F401
         workers = default_workers()
-        pngs = parallel_map(lambda job: job[0](preds, job[1]), jobs,
-                            len(jobs) if workers > 1 else 1)
+        pngs = [png for png in parallel_map(lambda job: job[0](preds, job[1]), jobs,
+                                            len(jobs) if workers > 1 else 1) if png is not None]
     files["markdown"] = write_markdown(preds, out / "report.md", title, config, pngs, extra)
     for p_ in pngs:
         files[p_.stem] = p_
@@ -347,9 +381,9 @@ def backtest_markdown(results, *, coverage: dict | None = None) -> str:
                   f"ARE {100 * r.loss_are():.2f}%)" + cov + ".\n\n")
         md.append("| task | target | predicted | actual | error | fits |\n|---|---|---|---|---|---|\n")
         for p in r.predictions:
-            md.append(f"| {p.task} | {p.target} | {100 * p.pred_acc:.2f} | {100 * p.actual_acc:.2f} | "
-                      f"{100 * (p.pred_acc - p.actual_acc):+.2f} | "
-                      f"{'ok' if p.converged else '**NOT CONVERGED**'} |\n")
+            err = f"{100 * (p.pred_acc - p.actual_acc):+.2f}" if _fin(p.pred_acc) else "refused"
+            md.append(f"| {p.task} | {p.target} | {_pts(p.pred_acc)} | {_pts(p.actual_acc)} | "
+                      f"{err} | {'ok' if p.converged else '**NOT CONVERGED**'} |\n")
         are = r.per_task_loss_are()
         md.append("\n| task | MAE | loss ARE % |\n|---|---|---|\n" + "".join(
             f"| {t} | {100 * v:.2f} | {100 * are.get(t, float('nan')):.2f} |\n"

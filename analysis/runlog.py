@@ -24,6 +24,7 @@ import numpy as np
 
 from analysis.columns import MISSING, as_floats, column_from, show, take
 from analysis.files import atomic_write_text, finite_or_none, json_safe
+from analysis.rowlog import ROW_CHECK, append_line, format_row, row_problem
 
 FORMAT = "ladder-runlog/1"
 RUN_JSON = "run.json"
@@ -310,7 +311,8 @@ def read_run_dir(path: str | os.PathLike) -> RunLog:
 
 def read_metrics_jsonl(path: Path) -> list[dict[str, Any]]:
     """Rows of metrics.jsonl. A torn last line (a write cut by a kill, or one being written
-    now) is ignored; any other unparsable line, or one that is not an object, is an error."""
+    now) is ignored; any other unparsable line, one that is not an object, or one that fails its
+    checksum (:mod:`analysis.rowlog`) is an error."""
     if not path.exists():
         return []
     try:
@@ -318,7 +320,7 @@ def read_metrics_jsonl(path: Path) -> list[dict[str, Any]]:
     except UnicodeDecodeError as e:
         raise RunLogError(f"{path}: not a text file ({e})") from None
     lines = text.split("\n")
-    rows = []
+    rows, kinds = [], set()
     for i, line in enumerate(lines):
         if not line.strip():
             continue
@@ -332,6 +334,10 @@ def read_metrics_jsonl(path: Path) -> list[dict[str, Any]]:
         if not isinstance(row, dict) or finite_or_none(row.get(STEP)) is None:
             raise RunLogError(f"{path}: line {i + 1} is not an evaluation row (a JSON object with "
                               f"a numeric '{STEP}')")
+        problem = row_problem(line, row, kinds)
+        if problem:
+            raise RunLogError(f"{path}: line {i + 1} {problem}")
+        row.pop(ROW_CHECK, None)
         rows.append(row)
     return rows
 
@@ -366,6 +372,11 @@ def _validated(run: RunLog, tokens_name: str = TOKENS) -> RunLog:
                           f"(row {i + 2}: {values[i + 1]:.6g} after {values[i]:.6g})")
     _check_accuracies(cols, run.source)
     return run
+
+
+def validated(run: RunLog) -> RunLog:
+    """A run log built by another importer (analysis.sources), checked as every reader's are."""
+    return _validated(run)
 
 
 ACCURACY_PREFIX = "eval/downstream/"  # accuracy columns (fractions); bpb etc. live elsewhere
@@ -420,16 +431,10 @@ class RunLogWriter:
         atomic_write_text(self.dir / RUN_JSON, json.dumps(d, indent=2, default=json_safe) + "\n")
 
     def append(self, row: dict[str, Any]) -> None:
-        """One row, one write(2) in append mode: a kill leaves it whole or torn, never interleaved."""
+        """One row, appended whole or not at all (:func:`analysis.rowlog.append_line`)."""
         if STEP not in row or TOKENS not in row:
             raise RunLogError(f"{self.metrics_path}: a row needs '{STEP}' and '{TOKENS}'")
-        line = (json.dumps({k: json_safe(v) for k, v in row.items()}) + "\n").encode()
-        fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-        try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_line(self.metrics_path, format_row(row).encode())
 
     def rows(self) -> list[dict[str, Any]]:
         return read_metrics_jsonl(self.metrics_path)
@@ -439,4 +444,4 @@ class RunLogWriter:
         order, and drop the rest."""
         by_step = {int(r[STEP]): r for r in self.rows() if int(r[STEP]) <= step}
         rows = [by_step[s] for s in sorted(by_step)]
-        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_text(self.metrics_path, "".join(format_row(r) for r in rows))

@@ -21,6 +21,7 @@ import numpy as np
 
 from analysis.laws.stacked import bootstrap_many
 from analysis.twostep import TaskModel, moving_average
+from analysis.twostep.signal import end_scatter
 
 
 @dataclass
@@ -35,14 +36,14 @@ class Interval:
     samples: np.ndarray | None = None  # accuracy samples (for plots)
     thetas: tuple | None = None  # converged replicate params (step1, step2) or (single,)
     noise_draws: np.ndarray | None = None
+    unavailable: str | None = None  # why there is no interval (too few refits converged)
 
     def band(self, model: TaskModel, n, d, level: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
         """(low, high) of the chained accuracy along a curve of (n, d) points."""
-        x_in = model._step1_input(n, d)
         if model.single is not None:
-            acc = model.single.predict_theta(self.thetas[0], *model._single_input(n, d))
+            acc = model.single.predict_theta(self.thetas[0], *model.single.inputs(n, d))
         else:
-            loss = model.step1.predict_theta(self.thetas[0], *x_in)  # (B, m)
+            loss = model.step1.predict_theta(self.thetas[0], *model.step1.inputs(n, d))  # (B, m)
             acc = np.stack([model.step2.predict_theta(self.thetas[1][b:b + 1], loss[b])[0]
                             for b in range(len(loss))])
         acc = acc + self.noise_draws[:, None]
@@ -68,7 +69,18 @@ def run_bootstrap_weights(n_runs: int, n_boot: int, rng: np.random.Generator,
 
 def checkpoint_noise_sd(model: TaskModel) -> float:
     """SD of single-checkpoint accuracies around the fitted step-2 curve, on the low-loss
-    half of the step-2 points (where the target lies), i.e. the noise of one evaluation."""
+    half of the step-2 points (where the target lies), i.e. the noise of one evaluation. The
+    direct method has no step 2: one evaluation's scatter at the end of the largest runs, or,
+    where that cannot be measured (final evaluations only), the final accuracies' scatter
+    around the law, which bounds it from above."""
+    if model.step2 is None:
+        sd = end_scatter(model.series, lambda s: s.acc)
+        if np.isfinite(sd):
+            return sd
+        n, d = np.array([s.n for s in model.series]), np.array([s.d for s in model.series])
+        fin = np.array([np.mean(s.acc[-model.config.last:]) for s in model.series])
+        r = fin - model.predict_acc(n, d)
+        return float(np.sqrt(np.sum(r ** 2) / max(r.size - len(model.single.theta_), 1)))
     xs, ys = [], []
     for s in model.series:
         skip = int(np.floor(model.config.step2_skip * len(s.tokens)))
@@ -89,13 +101,14 @@ class BootstrapSamples:
     loss: np.ndarray
     n_boot: int
     n_used: int
-    noise_sd: float
+    noise_sd: np.ndarray  # per target (its actual may average fewer evaluations)
     thetas: tuple
-    noise_draws: np.ndarray
+    noise_draws: np.ndarray  # (B, m)
+    unavailable: str | None = None  # too few refits converged: no interval, and why
 
 
 def bootstrap_samples(model: TaskModel, n, d, *, n_boot: int = 200, seed: int = 0,
-                      n_actual_evals: int = 1, stratify: bool = False) -> BootstrapSamples:
+                      n_actual_evals=1, stratify: bool = False) -> BootstrapSamples:
     """One run-level bootstrap of ``model``, evaluated at every target (n, d) (arrays): a
     backtest with several held-out runs refits the replicates once, not once per run."""
     return bootstrap_samples_many([model], n, d, n_boot=n_boot, seed=seed,
@@ -103,10 +116,11 @@ def bootstrap_samples(model: TaskModel, n, d, *, n_boot: int = 200, seed: int = 
 
 
 def bootstrap_samples_many(models: list[TaskModel], n, d, *, n_boot: int = 200, seed: int = 0,
-                           n_actual_evals: int = 1, stratify: bool = False) -> list[BootstrapSamples]:
+                           n_actual_evals=1, stratify: bool = False) -> list[BootstrapSamples]:
     """:func:`bootstrap_samples` of several task models (each with its own generator seeded
     with ``seed``, as if alone), their refits stacked where they share inputs
-    (:func:`analysis.laws.stacked.bootstrap_many`): same replicates, less per-iteration cost."""
+    (:func:`analysis.laws.stacked.bootstrap_many`): same replicates, less per-iteration cost.
+    ``n_actual_evals``: per target (or one for all), the evaluations its actual averages."""
     n, d = np.atleast_1d(np.asarray(n, float)), np.atleast_1d(np.asarray(d, float))
     rngs, Ws = [], []
     for model in models:
@@ -132,37 +146,41 @@ def _samples(model: TaskModel, n, d, fits, rng, n_boot: int, n_actual_evals: int
     """Replicate predictions at the targets from the refits, plus the evaluation noise."""
     if model.single is not None:  # single step / direct: one point per run
         th, ok = fits[0]
-        acc = model.single.predict_theta(th, *model._single_input(n, d))
+        acc = model.single.predict_theta(th, *model.single.inputs(n, d))
         loss = np.full_like(acc, np.nan)
         thetas = (th,)
     else:
         (th1, ok1), (th2, ok2) = fits
         ok = ok1 & ok2
-        loss = model.step1.predict_theta(th1, *model._step1_input(n, d))  # (B, m)
+        loss = model.step1.predict_theta(th1, *model.step1.inputs(n, d))  # (B, m)
         # step 2 of replicate b at step 1's predictions of replicate b
         acc = sigmoid_rows(model.step2, th2, loss)
         thetas = (th1, th2)
-    noise = checkpoint_noise_sd(model) / np.sqrt(max(n_actual_evals, 1))
-    draws = rng.normal(0.0, noise, size=n_boot)  # one draw per replicate, shared by targets
-    acc = acc + draws[:, None]
+    evals = np.broadcast_to(np.asarray(n_actual_evals, float), (acc.shape[1],))
+    noise = checkpoint_noise_sd(model) / np.sqrt(np.maximum(evals, 1))
+    # one standard draw per replicate, shared by the targets, each scaled by its own noise: a
+    # target's samples are the same whichever other targets are predicted with it
+    draws = rng.standard_normal(n_boot)[:, None] * noise[None, :]
+    acc = acc + draws
     keep = ok & np.all(np.isfinite(acc), axis=1)
+    unavailable = None
     if keep.sum() < max(20, n_boot // 4):
-        raise RuntimeError(f"{model.task.name}: only {keep.sum()}/{n_boot} bootstrap refits "
-                           f"converged; no interval")
-    return BootstrapSamples(acc[keep], loss[keep], n_boot, int(keep.sum()), float(noise),
-                            tuple(t[keep] for t in thetas), draws[keep])
+        unavailable = (f"only {keep.sum()}/{n_boot} bootstrap refits converged: too few for a "
+                       f"90% interval, so none is given (the point prediction stands)")
+    return BootstrapSamples(acc[keep], loss[keep], n_boot, int(keep.sum()), noise,
+                            tuple(t[keep] for t in thetas), draws[keep], unavailable)
 
 
 def sigmoid_rows(link, theta: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Link of parameter row b evaluated at inputs x[b] (B, m) -> (B, m)."""
-    F = link._features(x.reshape(-1))  # (1, B*m)
+    F = link.features(x.reshape(-1))  # (1, B*m)
     B, m = x.shape
     out = np.empty((B, m))
     for j in range(m):  # m targets is small; the B replicates are vectorised
         cols = F[:, j::m]
-        pred, _ = link._model(theta, cols)  # (B, B): row b at every replicate's input
+        pred, _ = link.model(theta, cols)  # (B, B): row b at every replicate's input
         out[:, j] = np.diag(pred)
-    return link._untarget(out)
+    return link.from_target_space(out)
 
 
 def bootstrap_interval(model: TaskModel, n: float, d: float, *, n_boot: int = 200,
@@ -179,12 +197,17 @@ def interval_from(bs: BootstrapSamples, j: int, level: float = 0.9,
                   keep_samples: bool = False) -> Interval:
     """The (1-level)/2, (1+level)/2 quantiles of target j's replicate predictions."""
     q = [(1 - level) / 2, (1 + level) / 2]
+    if bs.unavailable:
+        nan = float("nan")
+        return Interval(nan, nan, nan, nan, bs.n_boot, bs.n_used, float(bs.noise_sd[j]),
+                        unavailable=bs.unavailable)
     acc, loss = bs.acc[:, j], bs.loss[:, j]
     lo, hi = np.quantile(acc, q)
     llo, lhi = np.quantile(loss, q) if np.isfinite(loss).all() else (np.nan, np.nan)
     return Interval(float(np.clip(lo, 0, 1)), float(np.clip(hi, 0, 1)), float(llo), float(lhi),
-                    bs.n_boot, bs.n_used, bs.noise_sd, acc if keep_samples else None,
-                    bs.thetas if keep_samples else None, bs.noise_draws if keep_samples else None)
+                    bs.n_boot, bs.n_used, float(bs.noise_sd[j]), acc if keep_samples else None,
+                    bs.thetas if keep_samples else None,
+                    bs.noise_draws[:, j] if keep_samples else None)
 
 
 def coverage(rows: list[dict]) -> dict:

@@ -3,10 +3,10 @@ them: requeue on EXIT_PREEMPTED, never retry EXIT_BAD_INPUT or EXIT_DIVERGED."""
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # unexpected failure, or results written with warnings (e.g. a fit did not converge)
-EXIT_BAD_INPUT = 2  # bad recipe, arguments or data (or a failed parent): retrying cannot help
-EXIT_DIVERGED = 3  # training loss became NaN/inf; the last good checkpoint is kept
-EXIT_PREEMPTED = 75  # SIGTERM/SIGUSR1: checkpoint saved, rerun the same command (EX_TEMPFAIL)
-EXIT_INTERRUPTED = 130  # Ctrl-C on an interactive command (128 + SIGINT), as shells report it
+EXIT_BAD_INPUT = 2  # bad recipe, arguments or data, a full/read-only disk, a failed parent: retrying cannot help
+EXIT_DIVERGED = 3  # loss NaN/inf or far above its recent median (train/divergence.py); last good checkpoint kept
+EXIT_PREEMPTED = 75  # SIGTERM/SIGUSR1/SIGHUP/Ctrl-C: checkpoint saved, rerun the same command (EX_TEMPFAIL)
+EXIT_INTERRUPTED = 130  # a second Ctrl-C, or Ctrl-C on an interactive command (128 + SIGINT)
 
 # A run's outcome, written by the trainer to <run>/status.json (ladder.train.status) so that a
 # scheduler decides from what happened, not from an exit code a launcher may have rewritten
@@ -15,7 +15,7 @@ RUNNING = "running"  # started; still this after a hard kill (OOM killer, lost n
 COMPLETED = "completed"
 PREEMPTED = "preempted"  # checkpoint saved on a signal: requeue, it resumes
 DIVERGED = "diverged"  # never retried: the same data and LR diverge again
-BAD_INPUT = "bad_input"  # never retried: deterministic
+BAD_INPUT = "bad_input"  # never retried: deterministic (also a disk that refused a write: message "failed: ...")
 CRASHED = "crashed"  # retried a bounded number of times, resuming from the last checkpoint
 # WSD decay branches (ladder/train/branch.py): the parent has not saved the branch point yet
 # (requeue: start again later), or stopped for good before it (never retried)

@@ -1,4 +1,5 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# calibrations made by tests go to a cache of this test session, not the user's
+os.environ.setdefault("LADDER_CALIBRATION_CACHE", tempfile.mkdtemp(prefix="ladder-calibrations-"))
 
 
 @pytest.fixture(scope="session")

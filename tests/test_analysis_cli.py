@@ -58,10 +58,12 @@ def test_unknown_task(synth, tmp_path):
     assert_clean_error(res, "unknown task 'nosuchtask'")
 
 
-def test_too_few_points(synth, tmp_path):
+def test_a_run_with_few_evaluations_is_fitted(synth, tmp_path):
+    """Runs with 1-4 evaluations are ladder runs too (published ladders often keep only the final
+    one): the fits use what exists."""
     pd.read_csv(synth[1]).iloc[:3].to_csv(synth[1], index=False)
     res = predict_synth(synth, tmp_path / "out", "--no-plots")
-    assert_clean_error(res, str(synth[1]), "only 3 evaluation row(s)", "tokens")
+    assert res.returncode == 0, res.stderr
 
 
 def test_nan_rows(synth, tmp_path):

@@ -117,9 +117,9 @@ def _laws_at_random_parameters():
              (LogSigmoidLink(), (loss,), acc), (DirectLaw(), (n, d), acc),
              (FreeDirectLaw(), (n, d), acc)]
     for law, X, y in cases:
-        law._set_scale(*X)
-        F, z = law._features(*X), law._target(np.asarray(y, float))
-        b = law._bounds(F, z)
+        law.set_scale(*X)
+        F, z = law.features(*X), law.to_target_space(np.asarray(y, float))
+        b = law.bounds(F, z)
         lo, hi = np.maximum(b[:, 0], -8), np.minimum(b[:, 1], 8)
         yield law, F, lo + (hi - lo) * rng.uniform(0.05, 0.95, size=(6, len(lo)))
 
@@ -128,14 +128,14 @@ def test_jacobians_match_finite_differences():
     """The analytic Jacobian of every law's model equals central differences, parameter by
     parameter (a wrong column fits silently wherever that parameter does not matter)."""
     for law, F, theta in _laws_at_random_parameters():
-        pred, J = law._model(theta, F)
+        pred, J = law.model(theta, F)
         assert J.shape == pred.shape + (theta.shape[1],), type(law).__name__
         for k in range(theta.shape[1]):
             h = 1e-6 * np.maximum(1.0, np.abs(theta[:, k:k + 1]))
             up, down = theta.copy(), theta.copy()
             up[:, k:k + 1] += h
             down[:, k:k + 1] -= h
-            fd = (law._model(up, F)[0] - law._model(down, F)[0]) / (2 * h)
+            fd = (law.model(up, F)[0] - law.model(down, F)[0]) / (2 * h)
             np.testing.assert_allclose(J[..., k], fd, rtol=1e-5, atol=1e-7,
                                        err_msg=f"{type(law).__name__} parameter {k}")
 

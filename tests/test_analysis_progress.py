@@ -194,7 +194,7 @@ def test_final_sweep_predictions_are_calibrated_and_the_calibration_kept(half_sw
     rungs' backtests, keeps calibration.json inside the set, and reuses it when run again."""
     from ladder.sweep.predict import predict_sweep
 
-    sweep = _full_copy(half_sweep, tmp_path)
+    sweep = _full_copy(half_sweep, tmp_path, seed=5)  # a ladder no other test has calibrated
     said = []
     preds, files = predict_sweep(sweep, n_boot=30, plots=False, echo=said.append)
     rows = json.loads((sweep.predictions_dir / "predictions.json").read_text())

@@ -140,18 +140,21 @@ def test_plotted_band_is_the_calibrated_interval(broken):
     assert hi[0] - lo[0] > 1.2 * (raw_hi[0] - raw_lo[0])
 
 
-def test_a_calibration_file_without_the_backtests_reach_is_made_again(broken, tmp_path):
+def test_a_calibration_file_without_the_backtests_reach_is_made_again(broken, tmp_path, monkeypatch):
     from analysis.practice.calibrate import ladder_calibration
     from analysis.twostep import TwoStepConfig
 
     runs, _, _ = broken
-    cache, said = tmp_path / "calibration.json", []
-    made = ladder_calibration(runs, "hellaswag", TwoStepConfig(), 40, cache, said.append)
+    monkeypatch.setenv("LADDER_CALIBRATION_CACHE", str(tmp_path / "cache"))
+    said = []
+    made = ladder_calibration(runs, "hellaswag", TwoStepConfig(), 40, None, said.append)
     assert made.dn_max > 0 and "reusing" not in said[-1]
-    assert ladder_calibration(runs, "hellaswag", TwoStepConfig(), 40, cache, said.append) == made
+    assert ladder_calibration(runs, "hellaswag", TwoStepConfig(), 40, None, said.append) == made
     assert "reusing" in said[-1]
+    (cache,) = (tmp_path / "cache").glob("*.json")
+    assert cache.stem == made.fingerprint
     doc = json.loads(cache.read_text())
     del doc["dn_max"], doc["dt_max"]  # as files written before the reach was recorded
     cache.write_text(json.dumps(doc))
-    again = ladder_calibration(runs, "hellaswag", TwoStepConfig(), 40, cache, said.append)
+    again = ladder_calibration(runs, "hellaswag", TwoStepConfig(), 40, None, said.append)
     assert "reusing" not in said[-1] and again.dn_max == made.dn_max

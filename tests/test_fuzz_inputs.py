@@ -233,3 +233,133 @@ def test_known_bad_run_json_is_refused(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "tokens": 5}\n[1, 2]\n')
     with pytest.raises(RunLogError, match="line 2 is not an evaluation row"):
         read_run(tmp_path)
+
+
+# ---------------------------------------------------------------------------- checkpoint and cache bytes
+
+
+def mutate_bytes(data: bytes, rng: random.Random) -> tuple[bytes, str]:
+    """Damage as storage and copies make it: flipped bits and bytes, a zeroed 4 KiB block (a
+    power loss), random bytes over a stretch, a cut, bytes appended, an emptied file."""
+    b = bytearray(data)
+    kind = rng.choice(["flip_bit", "flip_bytes", "zero_block", "random_run", "cut", "append", "empty"])
+    if kind == "flip_bit" and b:
+        i = rng.randrange(len(b))
+        b[i] ^= 1 << rng.randrange(8)
+    elif kind == "flip_bytes" and b:
+        for _ in range(rng.randint(1, 8)):
+            b[rng.randrange(len(b))] = rng.randrange(256)
+    elif kind == "zero_block" and b:
+        i = rng.randrange(0, len(b), 512)
+        b[i:i + 4096] = bytes(len(b[i:i + 4096]))
+    elif kind == "random_run" and b:
+        i = rng.randrange(len(b))
+        b[i:i + 64] = bytes(rng.randrange(256) for _ in b[i:i + 64])
+    elif kind == "cut":
+        del b[rng.randrange(len(b) + 1):]
+    elif kind == "append":
+        b += bytes(rng.randrange(256) for _ in range(rng.randint(1, 64)))
+    else:
+        b = bytearray()
+    return bytes(b), kind
+
+
+def _fuzz_files(root: Path, files: list[Path], cases: int, seed: int, problem) -> dict[str, int]:
+    """Damage one file per case (restored after); ``problem()`` must name every real change."""
+    rng = random.Random(seed)
+    counts = {"damaged": 0, "detected": 0, "no-op": 0}
+    for _ in range(cases):
+        f = rng.choice(files)
+        original = f.read_bytes()
+        damaged, kind = mutate_bytes(original, rng)
+        if damaged == original:
+            counts["no-op"] += 1
+            continue
+        f.write_bytes(damaged)
+        try:
+            found = problem()
+        finally:
+            f.write_bytes(original)
+        counts["damaged"] += 1
+        counts["detected"] += found is not None
+        assert found is not None, (str(f.relative_to(root)), kind)
+    assert problem() is None  # everything restored: intact again
+    return counts
+
+
+@pytest.fixture(scope="module")
+def checkpoint_dir(tmp_path_factory):
+    """One real checkpoint of a tiny Olmo2 written by the trainer's writer (no training run)."""
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import Olmo2Config, Olmo2ForCausalLM
+
+    from ladder.train.saver import take_snapshot, write_snapshot
+
+    torch.manual_seed(0)
+    model = Olmo2ForCausalLM(Olmo2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    opt = torch.optim.AdamW(model.parameters())
+    model(input_ids=torch.arange(8)[None]).logits.sum().backward()
+    opt.step()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    acc = SimpleNamespace(distributed_type="NO", is_main_process=True, process_index=0, num_processes=1,
+                          device=torch.device("cpu"), get_state_dict=lambda m: m.state_dict())
+    tok = SimpleNamespace(save_pretrained=lambda d: (Path(d) / "tokenizer.json").write_text('{"model": {}}'))
+    run = tmp_path_factory.mktemp("ckpt")
+    snap = take_snapshot(5, accelerator=acc, model=model, optimizer=opt, scheduler=sched, state={"step": 5},
+                         eval_step=True)
+    return write_snapshot(snap, run, model=model, tokenizer=tok, barrier=lambda: None, keep_last=1)
+
+
+def test_fuzz_checkpoint_bytes(checkpoint_dir):
+    """Every file of a checkpoint, its manifest included, damaged 400 times: every change found."""
+    from ladder.train import checkpoint as ckpt
+
+    run = checkpoint_dir.parent.parent
+
+    def problem():
+        found = [c for c in ckpt.list_checkpoints(run) if c.path == checkpoint_dir]
+        return ckpt.checkpoint_problem(found[0]) if found else "manifest unreadable"
+
+    files = sorted(p for p in checkpoint_dir.rglob("*") if p.is_file())
+    assert len(files) == 11
+    counts = _fuzz_files(checkpoint_dir, files, 400, 2024, problem)
+    print("checkpoint bytes:", counts)
+    assert counts["detected"] == counts["damaged"] > 350, counts
+
+
+def test_fuzz_dcp_metadata_reader(checkpoint_dir):
+    """The allow-list reader over 300 damaged ``.metadata`` files (digests bypassed): each one
+    reads as checkpoint metadata or is refused with an exception; none builds anything else."""
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    from ladder.train.safe_dcp import load_metadata
+
+    data = (checkpoint_dir / "training_state/optimizer/.metadata").read_bytes()
+    rng, counts = random.Random(77), {"read": 0, "refused": 0}
+    for _ in range(300):
+        damaged, _ = mutate_bytes(data, rng)
+        try:
+            assert isinstance(load_metadata(damaged), Metadata)
+            counts["read"] += 1
+        except AssertionError:
+            raise
+        except Exception:  # noqa: BLE001 - any refusal is fine; what must not happen is a build
+            counts["refused"] += 1
+    print(".metadata reader:", counts)
+    assert counts["refused"] > 100, counts
+
+
+def test_fuzz_token_cache_bytes(tmp_path):
+    """The token cache's four files damaged 200 times: every change found before training."""
+    from ladder.data.pipeline import _cache_problem, prepare_data
+    from ladder.recipe import DataConfig, ModelConfig
+
+    d = prepare_data(DataConfig(max_bytes=100_000), ModelConfig(tokenizer_vocab_size=300), tmp_path).cache_path
+    files = sorted(p for p in d.iterdir() if p.is_file())
+    assert [p.name for p in files] == ["meta.json", "train.bin", "val.bin", "val_docs.jsonl"]
+    counts = _fuzz_files(d, files, 200, 5, lambda: _cache_problem(d))
+    print("token cache bytes:", counts)
+    assert counts["detected"] == counts["damaged"] > 170, counts

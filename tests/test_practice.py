@@ -39,8 +39,8 @@ def test_fixed_exponent_law_recovers_coefficients():
     assert (p["alpha"], p["beta"]) == (LAW["alpha"], LAW["beta"])
     for k in ("E", "A", "B"):
         assert p[k] == pytest.approx(LAW[k], rel=0.01)
-    with pytest.raises(ValueError, match="exponents must be positive"):
-        FixedExponentLaw(0.0, 0.3)
+    with pytest.raises(ValueError, match="exponents must be positive"):  # checked by fit
+        FixedExponentLaw(0.0, 0.3).fit(n, d, y=y)
 
 
 def test_estimator_points_and_params(ladder):
@@ -123,7 +123,7 @@ def test_step1_min_tokens_in_twostep(ladder):
     cfg = TwoStepConfig(step1_min_frac=0.0, step1_min_tokens=1e15)
     assert fit_task(ladder, HELLA, cfg).data1.y.size == 16
     with pytest.raises(ValueError, match="step1_min_frac"):
-        TwoStepConfig(step1_min_frac=2.0).validate()
+        TwoStepConfig(step1_min_frac=2.0)
 
 
 # ------------------------------------------------------------------------- the OLMo ladder

@@ -251,3 +251,19 @@ def test_watching_a_sweep_never_breaks_it(micro_sweep):
     assert again.returncode in (0, 1), again.stderr
     s = ladder_cli("status", out)
     assert s.returncode == 0 and "partial predictions:" in s.stdout, s.stdout + s.stderr
+
+
+def test_val_ce_feature_on_the_sweeps_own_runs(micro_sweep, ladder_here, tmp_path):
+    """Ladder's runs log eval/<data.name>-validation/CrossEntropyLoss: --feature val_ce reads it."""
+    out, _, _, _ = micro_sweep
+    manifest = json.loads((out / "sweep.json").read_text())
+    rungs = [r["run_dir"] for r in manifest["runs"] if r["name"] != "tiny-43k-1xC"]
+    target = next(r for r in manifest["runs"] if r["name"] == "tiny-43k-1xC")
+    meta = json.loads((Path(target["run_dir"]) / "run.json").read_text())
+    r = ladder_here("predict", *rungs, "--feature", "val_ce", "--target",
+                    f"micro-target:{meta['n_params']}:{meta['target_tokens']}", "--actual",
+                    target["run_dir"], "--n-boot", "40", "--no-plots", "--out", tmp_path / "p")
+    assert r.returncode in (0, 1), r.stderr
+    (p,) = json.loads((tmp_path / "p" / "predictions.json").read_text())
+    assert p["loss_metric"].startswith("eval/") and p["loss_metric"].endswith("-validation/CrossEntropyLoss")
+    assert p["actual_loss"] > 0 and 0 < p["pred_acc"] < 1

@@ -12,17 +12,17 @@ The links are fitted by least squares (as the ladder paper does) with both asymp
 bounded to [0, 1]; the grid of starts is built by variable projection (for each (k, L0)
 the asymptotes are a closed-form linear solve), so the start is always a good one.
 
-``base.py`` holds the estimator shell (``Law``), ``power.py`` the power laws and their grid of
-starts, ``links.py`` the sigmoid links. Every estimator keeps ``result_`` (a :class:`analysis.fit.FitResult`) and ``converged_``;
+``base.py`` holds the estimator shell (``Law``, whose public methods are the interface a new law
+implements), ``power.py`` the power laws and their grid of starts, ``links.py`` the sigmoid
+links, ``registry.py`` the laws a fit may use, by name. Every estimator keeps ``result_`` (a :class:`analysis.fit.FitResult`) and ``converged_``;
 ``fit(..., strict=True)`` raises :class:`analysis.fit.FitError` instead of flagging.
 """
 
-from analysis.laws.base import Law
-from analysis.laws.links import LogSigmoidLink, SigmoidLink, sigmoid_model
-from analysis.laws.power import ChinchillaLaw, ComputeLaw, TiedChinchillaLaw, power_law_starts
+from analysis.lazy import attach
 
-LAWS = {"chinchilla": ChinchillaLaw, "chinchilla_tied": TiedChinchillaLaw, "compute": ComputeLaw, "sigmoid": SigmoidLink,
-        "log_sigmoid": LogSigmoidLink}
-
-__all__ = ["LAWS", "ChinchillaLaw", "ComputeLaw", "Law", "LogSigmoidLink", "SigmoidLink",
-           "TiedChinchillaLaw", "power_law_starts", "sigmoid_model"]
+# loaded on first use: the registry of law names alone imports no numpy (a command's options)
+__getattr__, __dir__, __all__ = attach(__name__, {
+    "analysis.laws.base": ("Law",),
+    "analysis.laws.links": ("LogSigmoidLink", "SigmoidLink", "sigmoid_model"),
+    "analysis.laws.power": ("ChinchillaLaw", "ComputeLaw", "TiedChinchillaLaw", "power_law_starts"),
+})

@@ -24,39 +24,75 @@ def _gram(Jp: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 
 class Law:
-    """Base estimator. Subclasses define the model in optimiser space (``_model``), the
-    transform of the observed target (``_target``), the grid of starts and the bounds."""
+    """Base estimator: a functional form fitted by the robust fitter, scikit-learn style.
+
+    ``__init__`` only stores hyperparameters (keyword arguments, checked by :meth:`check_params`
+    when ``fit`` runs); ``fit(*X, y=...)`` sets the fitted attributes (``theta_``, ``result_``,
+    and whatever :meth:`set_scale` fixes, all with a trailing underscore); ``predict(*X)`` uses
+    only those.
+
+    A new law is a subclass that defines, in the optimiser's parametrisation ``theta`` (one row
+    per parameter vector, so bootstrap replicates are fitted as a batch):
+
+    * :meth:`features` -- its inputs as a (k, n) array (e.g. log N and log D, centred);
+    * :meth:`model` -- prediction in target space (S, n) and its Jacobian (S, n, p);
+    * :meth:`starts` -- the grid of starting points (m, p); :meth:`bounds` -- (p, 2) or None;
+    * :meth:`named` -- theta as the law's named parameters (``param_names``);
+    * optionally :meth:`to_target_space` / :meth:`from_target_space` (e.g. log of a loss) and
+      :meth:`inputs` (which of N, D a two-step fit gives it).
+
+    Other modules (bootstrap, the single-step law, uncertainty) call these public methods."""
 
     param_names: tuple[str, ...] = ()
     delta: float | None = None  # Huber δ on residuals; None = least squares
     resid_scale: float = 1.0  # residual unit for least squares (keeps the objective O(1))
     tol: float = 1e-8  # converged when the achievable decrease is below tol x loss
 
-    def __init__(self):
-        self.theta_: np.ndarray | None = None
-        self.result_: FitResult | None = None
+    def get_params(self) -> dict:
+        """The hyperparameters, as ``__init__`` took them."""
+        import inspect
 
-    # -- subclass interface --------------------------------------------------------------
-    def _features(self, *X) -> np.ndarray:  # (k, n) array of model inputs
+        return {k: getattr(self, k) for k in inspect.signature(type(self).__init__).parameters
+                if k != "self" and hasattr(self, k)}
+
+    def check_params(self) -> None:
+        """Raise ValueError naming a hyperparameter outside its range (called by ``fit``)."""
+        if self.delta is not None and not (isinstance(self.delta, (int, float)) and self.delta > 0):
+            raise ValueError(f"{type(self).__name__}: delta must be a positive number or None, "
+                             f"got {self.delta!r}")
+
+    @staticmethod
+    def inputs(n, d) -> tuple:
+        """The inputs of this law for runs of N parameters and D tokens, as ``fit``/``predict``
+        take them: (N, D) by default; a law of compute takes (6ND,)."""
+        return np.atleast_1d(np.asarray(n, float)), np.atleast_1d(np.asarray(d, float))
+
+    # -- the law: subclasses define these ------------------------------------------------
+    def features(self, *X) -> np.ndarray:
+        """The inputs ``X`` as a (k, n) array in the law's own coordinates."""
         raise NotImplementedError
 
-    def _model(self, theta: np.ndarray, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """theta (S, p), F (k, n) -> prediction in residual space (S, n), jacobian (S, n, p)."""
+    def model(self, theta: np.ndarray, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """theta (S, p), F (k, n) -> prediction in target space (S, n), Jacobian (S, n, p)."""
         raise NotImplementedError
 
-    def _target(self, y: np.ndarray) -> np.ndarray:
+    def to_target_space(self, y: np.ndarray) -> np.ndarray:
+        """Observed targets -> the space residuals are taken in (identity by default)."""
         return y
 
-    def _untarget(self, z: np.ndarray) -> np.ndarray:
+    def from_target_space(self, z: np.ndarray) -> np.ndarray:
         return z
 
-    def _grid(self, F: np.ndarray, z: np.ndarray, w: np.ndarray) -> np.ndarray:
+    def starts(self, F: np.ndarray, z: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """Starting points (m, p) for the multistart fit."""
         raise NotImplementedError
 
-    def _bounds(self, F: np.ndarray, z: np.ndarray) -> np.ndarray | None:
+    def bounds(self, F: np.ndarray, z: np.ndarray) -> np.ndarray | None:
+        """Box bounds (p, 2) on theta, or None."""
         return None
 
-    def _named(self, theta: np.ndarray) -> dict[str, float]:
+    def named(self, theta: np.ndarray) -> dict[str, float]:
+        """One parameter vector as the law's named parameters."""
         raise NotImplementedError
 
     # -- objective -----------------------------------------------------------------------
@@ -74,7 +110,7 @@ class Law:
 
         def obj(theta: np.ndarray, hessian: bool | str = False):
             theta = np.atleast_2d(theta)
-            pred, J = self._model(theta, F)
+            pred, J = self.model(theta, F)
             r = pred - z
             if self.delta is None:
                 val, der = huber(r / self.resid_scale, None)
@@ -105,32 +141,34 @@ class Law:
         return obj
 
     # -- estimator API -------------------------------------------------------------------
-    def _set_scale(self, *X) -> None:
-        """Data-dependent reparametrisation fixed at fit time (e.g. centring log N)."""
+    def set_scale(self, *X) -> None:
+        """Fix a data-dependent reparametrisation at fit time (e.g. centring log N): a fitted
+        attribute, set only here."""
 
     def _prepare(self, X, y, weights):
-        self._set_scale(*X)
-        F = self._features(*X)
+        self.set_scale(*X)
+        F = self.features(*X)
         y = np.asarray(y, dtype=float).reshape(-1)
         if F.shape[1] != y.size:
             raise ValueError(f"{type(self).__name__}: {F.shape[1]} inputs but {y.size} targets")
         if not (np.all(np.isfinite(F)) and np.all(np.isfinite(y))):
             raise ValueError(f"{type(self).__name__}: inputs contain NaN/inf")
         w = np.ones_like(y) if weights is None else np.asarray(weights, dtype=float)
-        return F, self._target(y), w
+        return F, self.to_target_space(y), w
 
     def fit(self, *X, y, weights=None, strict: bool = False):
         """Fit on inputs ``X`` (one array per input) and targets ``y``. A fit that does not
         converge is flagged in ``converged_``/``result_`` and warned about; with
         ``strict=True`` it raises FitError."""
+        self.check_params()
         F, z, w = self._prepare(X, y, weights)
         p = len(self.param_names)
         if np.count_nonzero(w) < p:
             raise ValueError(f"{type(self).__name__}: {np.count_nonzero(w)} points cannot "
                              f"determine {p} parameters")
         self._fit_data = (F, z, w)
-        res = minimize_multistart(self.objective(F, z, w), self._grid(F, z, w),
-                                  bounds=self._bounds(F, z), tol=self.tol)
+        res = minimize_multistart(self.objective(F, z, w), self.starts(F, z, w),
+                                  bounds=self.bounds(F, z), tol=self.tol)
         self.theta_ = res.theta
         self.result_ = res
         if not res.success:
@@ -142,22 +180,23 @@ class Law:
 
     @property
     def converged_(self) -> bool:
-        return bool(self.result_ is not None and self.result_.success)
+        result = self.__dict__.get("result_")
+        return bool(result is not None and result.success)
 
     @property
     def params_(self) -> dict[str, float]:
         self._check_fitted()
-        return self._named(self.theta_)
+        return self.named(self.theta_)
 
     def __getattr__(self, name):  # fitted params as attributes: law.E, law.alpha, ...
         if name in type(self).param_names or name in getattr(type(self), "extra_names", ()):
             if self.__dict__.get("theta_") is None:
                 raise AttributeError(f"{type(self).__name__} is not fitted")
-            return self._named(self.theta_)[name]
+            return self.named(self.theta_)[name]
         raise AttributeError(name)
 
     def _check_fitted(self):
-        if self.theta_ is None:
+        if self.__dict__.get("theta_") is None:
             raise RuntimeError(f"{type(self).__name__} is not fitted; call fit() first")
 
     def predict(self, *X) -> np.ndarray:
@@ -166,9 +205,9 @@ class Law:
 
     def predict_theta(self, theta: np.ndarray, *X) -> np.ndarray:
         """Predictions for several parameter vectors (S, p) -> (S, n)."""
-        F = self._features(*X)
-        pred, _ = self._model(np.atleast_2d(theta), F)
-        return self._untarget(pred)
+        F = self.features(*X)
+        pred, _ = self.model(np.atleast_2d(theta), F)
+        return self.from_target_space(pred)
 
     def bootstrap(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Refit under B resampling weight vectors (B, n), warm-started at the point estimate,
@@ -178,13 +217,13 @@ class Law:
         F, z, _ = self._fit_data
         W = np.asarray(weights, dtype=float)
         theta0 = np.tile(self.theta_, (len(W), 1))
-        bounds = self._bounds(F, z)
+        bounds = self.bounds(F, z)
         theta, ok = minimize_newton_stacked(self.objective(F, z, W), theta0, bounds=bounds,
                                             tol=self.tol)
         return theta, ok
 
     def __repr__(self):
-        if self.theta_ is None:
+        if self.__dict__.get("theta_") is None:
             return f"{type(self).__name__}()"
         ps = ", ".join(f"{k}={v:.4g}" for k, v in self.params_.items())
         return f"{type(self).__name__}({ps}{'' if self.converged_ else ', NOT CONVERGED'})"

@@ -46,12 +46,21 @@ class SigmoidLink(Law):
     log_input = False
 
     def __init__(self, floor: float | None = None, ceiling: float = 1.0, pin_ceiling: bool = False):
-        super().__init__()
         self.floor = floor
         self.ceiling = ceiling
         self.pin_ceiling = pin_ceiling  # hi = ceiling exactly (perfect accuracy as loss -> 0)
 
-    def _features(self, loss):
+    def check_params(self) -> None:
+        super().check_params()
+        name = type(self).__name__
+        if self.floor is not None and not 0 <= self.floor < 1:
+            raise ValueError(f"{name}: floor must be in [0, 1) or None, got {self.floor!r}")
+        if not 0 < self.ceiling <= 1 or (self.floor is not None and self.ceiling <= self.floor):
+            raise ValueError(f"{name}: ceiling must be in (floor, 1], got {self.ceiling!r}")
+        if not isinstance(self.pin_ceiling, bool):
+            raise ValueError(f"{name}: pin_ceiling must be True or False, got {self.pin_ceiling!r}")
+
+    def features(self, loss):
         x = np.asarray(loss, dtype=float).reshape(-1)
         if self.log_input:
             if np.any(x <= 0):
@@ -59,14 +68,14 @@ class SigmoidLink(Law):
             x = np.log(x)
         return x[None, :]
 
-    def _model(self, theta, F):
+    def model(self, theta, F):
         return sigmoid_model(theta, F[0][None, :])
 
     def _scale(self, F):
         x = F[0]
         return float(np.min(x)), float(np.max(x) - np.min(x)) or 1.0
 
-    def _grid(self, F, z, w):
+    def starts(self, F, z, w):
         xmin, rng = self._scale(F)
         ss = np.array([0.5, 1, 2, 4, 8, 16, 32]) / rng
         x0s = xmin + rng * np.linspace(-2.0, 2.0, 17)
@@ -90,14 +99,14 @@ class SigmoidLink(Law):
                 lo = (w * u * (z - self.ceiling * v)).sum(1) / np.maximum(suu, 1e-300)
         return np.stack([lo, hi, S, X0], axis=1)
 
-    def _bounds(self, F, z):
+    def bounds(self, F, z):
         xmin, rng = self._scale(F)
         lo_b = (self.floor, self.floor) if self.floor is not None else (0.0, 1.0)
         hi_b = (self.ceiling, self.ceiling) if self.pin_ceiling else (0.0, self.ceiling)
         return np.array([lo_b, hi_b, [1e-3 / rng, 1e3 / rng],
                          [xmin - 20 * rng, xmin + 21 * rng]], float)
 
-    def _named(self, t):
+    def named(self, t):
         lo, hi, s, x0 = (float(v) for v in t)
         return {"a": hi - lo, "k": -s, "L0": x0, "b": lo, "lo": lo, "hi": hi}
 

@@ -92,11 +92,9 @@ class ChinchillaLaw(Law):
     # optimiser space: theta = (e, a', b', alpha, beta)
 
     def __init__(self, delta: float = 1e-3):
-        super().__init__()
         self.delta = delta
-        self.center_ = np.zeros(2)
 
-    def _set_scale(self, n, d):
+    def set_scale(self, n, d):
         F = self._raw(n, d)
         self.center_ = F.mean(axis=1)
 
@@ -110,32 +108,32 @@ class ChinchillaLaw(Law):
             raise ValueError("ChinchillaLaw: N and D must be positive")
         return np.stack([np.log(n), np.log(d)])
 
-    def _features(self, n, d):
+    def features(self, n, d):
         return self._raw(n, d) - self.center_[:, None]
 
-    def _model(self, theta, F):
+    def model(self, theta, F):
         return _two_term_model(theta[:, 0:1], theta[:, 1:2], theta[:, 2:3], theta[:, 3:4],
                                theta[:, 4:5], F, tied=False)
 
-    def _target(self, y):
+    def to_target_space(self, y):
         if np.any(y <= 0):
             raise ValueError("ChinchillaLaw: losses must be positive")
         return np.log(y)
 
-    def _untarget(self, z):
+    def from_target_space(self, z):
         return np.exp(z)
 
-    def _grid(self, F, z, w):
+    def starts(self, F, z, w):
         return power_law_starts(z, self.center_, np.arange(0.0, 30.0, 5.0),
                                 np.array([0.05, 0.15, 0.3, 0.5, 0.8, 1.2, 2.0]))
 
-    def _bounds(self, F, z):
+    def bounds(self, F, z):
         # E between 0.1% of the smallest loss (indistinguishable from 0; keeps the flat
         # E -> 0 direction of tiny fits from running for ever) and the smallest loss x1.5.
         e = (float(np.min(z)) - 7.0, float(np.min(z)) + 0.4)
         return np.array([e, [-100, 100], [-100, 100], [0.0, 5.0], [0.0, 5.0]], float)
 
-    def _named(self, t):
+    def named(self, t):
         a = t[1] + t[3] * self.center_[0]
         b = t[2] + t[4] * self.center_[1]
         return {"E": float(np.exp(t[0])), "A": float(np.exp(a)), "B": float(np.exp(b)),
@@ -152,20 +150,20 @@ class TiedChinchillaLaw(ChinchillaLaw):
     param_names = ("E", "A", "B", "alpha", "beta")
     # optimiser space: theta = (e, a', b', alpha)
 
-    def _model(self, theta, F):
+    def model(self, theta, F):
         al = theta[:, 3:4]
         return _two_term_model(theta[:, 0:1], theta[:, 1:2], theta[:, 2:3], al, al, F, tied=True)
 
-    def _grid(self, F, z, w):
-        g = super()._grid(F, z, w)
+    def starts(self, F, z, w):
+        g = super().starts(F, z, w)
         g = g[g[:, 3] == g[:, 4]]
         return g[:, :4]
 
-    def _bounds(self, F, z):
-        return super()._bounds(F, z)[:4]
+    def bounds(self, F, z):
+        return super().bounds(F, z)[:4]
 
-    def _named(self, t):
-        return super()._named(np.concatenate([t, t[3:4]]))
+    def named(self, t):
+        return super().named(np.concatenate([t, t[3:4]]))
 
 
 class ComputeLaw(Law):
@@ -176,11 +174,13 @@ class ComputeLaw(Law):
     # optimiser space: theta = (e, a', alpha)
 
     def __init__(self, delta: float = 1e-3):
-        super().__init__()
         self.delta = delta
-        self.center_ = 0.0
 
-    def _set_scale(self, c):
+    @staticmethod
+    def inputs(n, d) -> tuple:
+        return (6.0 * np.atleast_1d(np.asarray(n, float)) * np.atleast_1d(np.asarray(d, float)),)
+
+    def set_scale(self, c):
         self.center_ = float(np.mean(self._raw(c)))
 
     @staticmethod
@@ -190,10 +190,10 @@ class ComputeLaw(Law):
             raise ValueError("ComputeLaw: compute must be positive")
         return np.log(c)
 
-    def _features(self, c):
+    def features(self, c):
         return (self._raw(c) - self.center_)[None, :]
 
-    def _model(self, theta, F):
+    def model(self, theta, F):
         e, a, al = (theta[:, i:i + 1] for i in range(3))
         lC = F[0][None, :]
         pred, J = _lse_planes(e, a - al * lC, extra=1)  # (e, a, alpha) planes
@@ -201,17 +201,24 @@ class ComputeLaw(Law):
         np.negative(J[2], out=J[2])
         return pred, np.moveaxis(J, 0, -1)
 
-    _target = ChinchillaLaw._target
-    _untarget = ChinchillaLaw._untarget
+    to_target_space = ChinchillaLaw.to_target_space
+    from_target_space = ChinchillaLaw.from_target_space
 
-    def _grid(self, F, z, w):
+    def starts(self, F, z, w):
         return power_law_starts(z, self.center_, np.arange(0.0, 60.0, 2.5),
                                 np.array([0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2]))
 
-    def _bounds(self, F, z):
+    def bounds(self, F, z):
         e = (float(np.min(z)) - 7.0, float(np.min(z)) + 0.4)
         return np.array([e, [-100, 100], [0.0, 5.0]], float)
 
-    def _named(self, t):
+    def named(self, t):
         return {"E": float(np.exp(t[0])), "A": float(np.exp(t[1] + t[2] * self.center_)),
                 "alpha": float(t[2])}
+
+
+def chinchilla_step1(config, n_sizes: int) -> ChinchillaLaw:
+    """The Chinchilla law as step 1: exponents tied (``step1_exponents``: tied, or auto with
+    fewer than 3 sizes, where E + A/N^alpha is underdetermined) or free."""
+    tied = config.step1_exponents == "tied" or (config.step1_exponents == "auto" and n_sizes < 3)
+    return TiedChinchillaLaw() if tied else ChinchillaLaw()

@@ -55,7 +55,7 @@ def _stacked(laws: list[Law], weights: list[np.ndarray]):
     sizes = [len(w) for w in W]
     z = np.concatenate([np.broadcast_to(l._fit_data[1], (b, F.shape[1])) for l, b in zip(laws, sizes)])
     theta0 = np.concatenate([np.tile(l.theta_, (b, 1)) for l, b in zip(laws, sizes)])
-    bounds = [l._bounds(F, l._fit_data[1]) for l in laws]
+    bounds = [l.bounds(F, l._fit_data[1]) for l in laws]
     if any(b is None for b in bounds):  # none of the stackable laws is unbounded
         return [l.bootstrap(w) for l, w in zip(laws, W)]
     bounds = np.concatenate([np.broadcast_to(bd, (b,) + bd.shape) for bd, b in zip(bounds, sizes)])

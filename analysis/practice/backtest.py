@@ -57,36 +57,47 @@ def _held_out(run: RunLog, holdout: list[str]) -> bool:
 
 @dataclass
 class BacktestResult:
+    """``predictions``: every held-out prediction; the errors are over those with a number (a
+    task the training part of the ladder refused has none), counted in ``refused``."""
+
     holdout: list[str]
     predictions: list[Prediction]
 
     @property
+    def scored(self) -> list[Prediction]:
+        return [p for p in self.predictions if np.isfinite(p.pred_acc)]
+
+    @property
+    def refused(self) -> int:
+        return len(self.predictions) - len(self.scored)
+
+    @property
     def errors(self) -> np.ndarray:
-        return np.array([p.pred_acc - p.actual_acc for p in self.predictions])
+        return np.array([p.pred_acc - p.actual_acc for p in self.scored])
 
     def mae(self) -> float:
-        return float(np.mean(np.abs(self.errors)))
+        return float(np.mean(np.abs(self.errors))) if self.scored else float("nan")
 
     def per_task(self) -> dict[str, float]:
-        tasks = sorted({p.task for p in self.predictions})
-        return {t: float(np.mean([abs(p.pred_acc - p.actual_acc) for p in self.predictions
+        tasks = sorted({p.task for p in self.scored})
+        return {t: float(np.mean([abs(p.pred_acc - p.actual_acc) for p in self.scored
                                   if p.task == t])) for t in tasks}
 
     def loss_mae(self) -> float:
-        e = [abs(p.pred_loss - p.actual_loss) for p in self.predictions
+        e = [abs(p.pred_loss - p.actual_loss) for p in self.scored
              if p.actual_loss is not None and np.isfinite(p.pred_loss)]
         return float(np.mean(e)) if e else float("nan")
 
     def loss_are(self) -> float:
         """Mean absolute relative error of the step-1 prediction (the Hitchhiker's ARE)."""
-        e = [abs(p.pred_loss - p.actual_loss) / abs(p.actual_loss) for p in self.predictions
+        e = [abs(p.pred_loss - p.actual_loss) / abs(p.actual_loss) for p in self.scored
              if p.actual_loss is not None and np.isfinite(p.pred_loss)]
         return float(np.mean(e)) if e else float("nan")
 
     def per_task_loss_are(self) -> dict[str, float]:
         out = {}
-        for t in sorted({p.task for p in self.predictions}):
-            e = [abs(p.pred_loss - p.actual_loss) / abs(p.actual_loss) for p in self.predictions
+        for t in sorted({p.task for p in self.scored}):
+            e = [abs(p.pred_loss - p.actual_loss) / abs(p.actual_loss) for p in self.scored
                  if p.task == t and p.actual_loss is not None and np.isfinite(p.pred_loss)]
             out[t] = float(np.mean(e)) if e else float("nan")
         return out
@@ -94,8 +105,8 @@ class BacktestResult:
     def coverage(self) -> float:
         """Share of actuals inside the intervals these predictions carry (raw bootstrap in a
         backtest; the honest calibrated coverage is analysis.calibration.loso_coverage)."""
-        return float(np.mean([p.pred_acc_low <= p.actual_acc <= p.pred_acc_high
-                              for p in self.predictions]))
+        have = [p for p in self.scored if np.isfinite(p.pred_acc_low)]
+        return float(np.mean([p.pred_acc_low <= p.actual_acc <= p.pred_acc_high for p in have]))
 
     def to_json(self, coverage: dict | None = None) -> dict:
         """``coverage``: this scenario's leave-one-scenario-out calibrated coverage, if measured."""

@@ -56,29 +56,32 @@ class FixedExponentLaw(ChinchillaLaw):
 
     def __init__(self, alpha: float, beta: float, delta: float = 1e-3):
         super().__init__(delta=delta)
-        if not (np.isfinite(alpha) and np.isfinite(beta) and alpha > 0 and beta > 0):
-            raise ValueError(f"FixedExponentLaw: exponents must be positive, got alpha={alpha}, "
-                             f"beta={beta}")
-        self.alpha_fixed, self.beta_fixed = float(alpha), float(beta)
+        self.alpha_fixed, self.beta_fixed = alpha, beta
+
+    def check_params(self) -> None:
+        super().check_params()
+        a, b = self.alpha_fixed, self.beta_fixed
+        if not (np.isfinite(a) and np.isfinite(b) and a > 0 and b > 0):
+            raise ValueError(f"FixedExponentLaw: exponents must be positive, got alpha={a}, beta={b}")
 
     def _full(self, theta):
         n = theta.shape[0]
         ex = np.tile([self.alpha_fixed, self.beta_fixed], (n, 1))
         return np.concatenate([theta, ex], axis=1)
 
-    def _model(self, theta, F):
-        pred, J = super()._model(self._full(theta), F)
+    def model(self, theta, F):
+        pred, J = super().model(self._full(theta), F)
         return pred, J[..., :3]
 
-    def _grid(self, F, z, w):
+    def starts(self, F, z, w):
         return power_law_starts(z, self.center_, np.arange(0.0, 30.0, 2.5),
                                 fixed_exponents=(self.alpha_fixed, self.beta_fixed))
 
-    def _bounds(self, F, z):
-        return super()._bounds(F, z)[:3]
+    def bounds(self, F, z):
+        return super().bounds(F, z)[:3]
 
-    def _named(self, t):
-        return super()._named(np.concatenate([t, [self.alpha_fixed, self.beta_fixed]]))
+    def named(self, t):
+        return super().named(np.concatenate([t, [self.alpha_fixed, self.beta_fixed]]))
 
 
 class PowerLawInD(ComputeLaw):
@@ -87,8 +90,8 @@ class PowerLawInD(ComputeLaw):
 
     param_names = ("E", "B", "beta")
 
-    def _named(self, t):
-        d = super()._named(t)
+    def named(self, t):
+        d = super().named(t)
         return {"E": d["E"], "B": d["A"], "beta": d["alpha"]}
 
 

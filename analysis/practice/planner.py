@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from analysis.laws.registry import step1_law
 from analysis.practice.backtest import (BacktestResult, _held_out, mults_by_value, run_mult, run_size,
                                sizes_by_n, split_holdout)
 from analysis.predict import Target, predict_targets
@@ -138,8 +139,8 @@ def candidate_grids(train: list[RunLog], drops: list[list[str]] = ()) -> list[tu
 def _feasibility(runs: list[RunLog], config: TwoStepConfig) -> str:
     if len(runs) < MIN_RUNS:
         return f"{len(runs)} runs < {MIN_RUNS}"
-    if config.step1 == "chinchilla" and len({float(r.n) for r in runs}) < 2:
-        return "one model size: N term not identified"
+    if len(step1_law(config, 2).inputs(1.0, 1.0)) > 1 and len({float(r.n) for r in runs}) < 2:
+        return "one model size: N term not identified"  # a law of N and D, not of compute
     return ""
 
 

@@ -8,7 +8,7 @@ moving average of 5 (accuracy of a single checkpoint is noisy; the feature is sm
 The chained prediction evaluates step 2 at step 1's prediction for the target.
 
 Variants (all selectable in :class:`TwoStepConfig`, compared by backtests in docs/analysis.md):
-feature = task bpb / validation CE / task CE (-soft_log); step 1 on final or intermediate
+feature = task bpb / validation loss / task CE (-soft_log) / any loss column; step 1 on final or intermediate
 checkpoints; FLOPs-based step 1 (C = 6 N D); sigmoid or log-sigmoid link; single-step
 (accuracy as a sigmoid of the Chinchilla law, all parameters fitted jointly).
 """
@@ -20,6 +20,6 @@ from analysis.lazy import attach
 __getattr__, __dir__, __all__ = attach(__name__, {
     "analysis.twostep.chained": ("TaskModel", "fit_task"),
     "analysis.twostep.config": ("FEATURES", "VAL_CE", "TwoStepConfig"),
-    "analysis.twostep.series": ("RunSeries", "feature_columns", "moving_average", "run_series",
-                                "task_accuracy", "task_feature"),
+    "analysis.twostep.series": ("Feature", "RunSeries", "moving_average", "resolve_feature",
+                                "run_series", "task_accuracy", "validation_column"),
 })

@@ -33,33 +33,33 @@ class DirectLaw(ChinchillaLaw):
         beta = theta[:, 2:3] if self.tied else theta[:, 3:4]
         return np.concatenate([e, theta[:, :3], beta], axis=1)
 
-    def _model(self, theta, F):
-        pred, J = super()._model(self._full(theta), F)
+    def model(self, theta, F):
+        pred, J = super().model(self._full(theta), F)
         J = J[..., 1:]  # no e parameter
         if self.tied:
             J = np.concatenate([J[..., :2], J[..., 2:3] + J[..., 3:4]], axis=-1)
         return pred, J
 
-    def _target(self, y):
+    def to_target_space(self, y):
         y = np.asarray(y, float)
         if np.any((y <= 0) | (y >= 1)):
             raise ValueError(f"{type(self).__name__}: accuracies must lie strictly between 0 and 1")
         return np.log(-np.log(y))
 
-    def _untarget(self, z):
+    def from_target_space(self, z):
         return np.exp(-np.exp(z))
 
-    def _grid(self, F, z, w):
-        g = super()._grid(F, z, w)
+    def starts(self, F, z, w):
+        g = super().starts(F, z, w)
         g = g[g[:, 0] == g[0, 0]][:, 1:]  # the grid without its (unused) e axis
         return g[g[:, 2] == g[:, 3]][:, :3] if self.tied else g
 
-    def _bounds(self, F, z):
-        b = super()._bounds(F, z)[1:]
+    def bounds(self, F, z):
+        b = super().bounds(F, z)[1:]
         return b[:3] if self.tied else b
 
-    def _named(self, t):
-        out = super()._named(self._full(np.atleast_2d(t))[0])
+    def named(self, t):
+        out = super().named(self._full(np.atleast_2d(t))[0])
         out.pop("E")
         return out
 

@@ -14,17 +14,19 @@ class SingleStepLaw(Law):
     resid_scale = 0.01
 
     def __init__(self, loss_law: Law, link: SigmoidLink):
-        super().__init__()
-        self.loss_law, self.link = loss_law, link
+        self.loss_law, self.link = loss_law, link  # fitted: they are the start and the bounds
         self.p1 = len(loss_law.theta_)
         self.param_names = tuple(loss_law.param_names) + tuple(link.param_names)
 
-    def _features(self, *X):
-        return self.loss_law._features(*X)
+    def inputs(self, n, d) -> tuple:
+        return self.loss_law.inputs(n, d)
 
-    def _model(self, theta, F):
+    def features(self, *X):
+        return self.loss_law.features(*X)
+
+    def model(self, theta, F):
         t1, t2 = theta[:, :self.p1], theta[:, self.p1:]
-        z, J1 = self.loss_law._model(t1, F)
+        z, J1 = self.loss_law.model(t1, F)
         L = np.exp(z)
         xs = np.log(L) if self.link.log_input else L
         # the link with per-row inputs (each parameter row has its own predicted loss)
@@ -34,13 +36,13 @@ class SingleStepLaw(Law):
         J = np.concatenate([J1 * dz[..., None], J2], axis=-1)
         return acc, J
 
-    def _grid(self, F, z, w):
+    def starts(self, F, z, w):
         return np.concatenate([self.loss_law.theta_, self.link.theta_])[None, :]
 
-    def _bounds(self, F, z):
-        b1 = self.loss_law._bounds(*self.loss_law._fit_data[:2])
-        b2 = self.link._bounds(*self.link._fit_data[:2])
+    def bounds(self, F, z):
+        b1 = self.loss_law.bounds(*self.loss_law._fit_data[:2])
+        b2 = self.link.bounds(*self.link._fit_data[:2])
         return np.concatenate([b1, b2])
 
-    def _named(self, t):
-        return {**self.loss_law._named(t[:self.p1]), **self.link._named(t[self.p1:])}
+    def named(self, t):
+        return {**self.loss_law.named(t[:self.p1]), **self.link.named(t[self.p1:])}

@@ -12,17 +12,16 @@ import json
 import sys
 import time
 
+from ladder.cli.predict import (RUN_FILES_HELP, TASKS_HELP, add_config_arguments, add_tokens_argument,
+                                config_from_args, fail, os_error)
 from ladder.exit_codes import EXIT_ERROR, EXIT_OK
-from ladder.cli.predict import (add_config_arguments, add_tokens_argument, config_from_args, fail,
-                                os_error)
 
 
 def add_arguments(p) -> None:
-    p.add_argument("run_files", nargs="+", metavar="RUN_FILES",
-                   help="ladder runs: OLMo-ladder W&B CSV exports or run directories")
+    p.add_argument("run_files", nargs="+", metavar="RUN_FILES", help=RUN_FILES_HELP)
     p.add_argument("--holdout", action="append", metavar="SIZES",
                    help="comma-separated model sizes to hold out (repeatable: one scenario each)")
-    p.add_argument("--tasks", default="paper")
+    p.add_argument("--tasks", default="auto", help=TASKS_HELP)
     p.add_argument("--out", required=True, metavar="DIR")
     add_tokens_argument(p)
     p.add_argument("--intervals", action="store_true",
@@ -52,9 +51,9 @@ def run(args) -> int:
         config = config_from_args(args)
         from dataclasses import replace
         if args.step1_min_frac is not None:
-            config = replace(config, step1_min_frac=args.step1_min_frac).validate()
+            config = replace(config, step1_min_frac=args.step1_min_frac)  # checked by replace
         if args.step1_min_tokens is not None:
-            config = replace(config, step1_min_tokens=args.step1_min_tokens).validate()
+            config = replace(config, step1_min_tokens=args.step1_min_tokens)
         from analysis.checks import once
         from analysis.files import check_output_dir, output_dir
         from ladder.cli.predict import check_n_boot

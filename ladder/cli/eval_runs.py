@@ -40,6 +40,7 @@ def evaluate_run(run_dir: Path, tasks: str, *, limit: int | None, batch_size: in
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from analysis.files import atomic_write_text
+    from analysis.rowlog import format_row
     from analysis.runlog import METRICS_JSONL, read_metrics_jsonl
     from ladder.eval.evaluator import build_task_evaluator
     from ladder.exit_codes import RUNNING
@@ -56,6 +57,10 @@ def evaluate_run(run_dir: Path, tasks: str, *, limit: int | None, batch_size: in
         row = by_step.get(c.step)
         if row is None:
             continue
+        problem = ckpt.checkpoint_problem(c)  # digests: a damaged byte is never evaluated
+        if problem:
+            echo(f"{run_dir.name} step {c.step}: skipped, the checkpoint is damaged ({problem})")
+            continue
         tok = AutoTokenizer.from_pretrained(c.path)
         if evaluator is None:  # requests tokenised once per run: the tokenizer is the run's
             evaluator = build_task_evaluator(tasks, tok, limit=limit, batch_size=batch_size,
@@ -66,7 +71,7 @@ def evaluate_run(run_dir: Path, tasks: str, *, limit: int | None, batch_size: in
         row.update(new)
         updated += bool(new)
         echo(f"{run_dir.name} step {c.step}: {len(new)} task columns")
-    atomic_write_text(run_dir / METRICS_JSONL, "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(run_dir / METRICS_JSONL, "".join(format_row(r) for r in rows))
     return updated
 
 

@@ -28,14 +28,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="recipe overrides with dotted keys, e.g. train.lr=3e-3 evaluation.count=30")
     # KEY=VALUE overrides may come before or after the options.
     parser.parse_args = parser.parse_intermixed_args  # type: ignore[method-assign]
-    parser.epilog = ("exit codes: 0 done, 1 error, 2 bad input, 3 loss became NaN/inf (last good "
-                     "checkpoint kept), 75 preempted by SIGTERM/SIGUSR1 (checkpoint saved; rerun to resume)")
+    parser.epilog = ("exit codes: 0 done, 1 error, 2 bad input or a full/read-only disk, 3 diverged (loss "
+                     "NaN/inf or far above its recent median; last good checkpoint kept), 75 preempted by "
+                     "SIGTERM/SIGUSR1/SIGHUP/Ctrl-C (checkpoint saved; rerun to resume), 130 a second Ctrl-C")
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train; a stop signal or Ctrl-C from the first line on (imports of torch take seconds) is
+    one line and exit 75 or 130, never a traceback or a death by signal (143)."""
+    import signal
+
+    from ladder.exit_codes import EXIT_INTERRUPTED, EXIT_PREEMPTED, PREEMPTED
+    from ladder.train.status import Preempted
+
+    def starting(signum, frame):
+        raise Preempted(signum)
+
+    old = {s: signal.signal(s, starting) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)}
+    try:
+        return _run(args)
+    except Preempted as e:  # before the first step (status.json says so once the run dir is ours)
+        print(f"ladder train: {e}", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except KeyboardInterrupt:  # a second Ctrl-C: stop now, the last checkpoint is intact
+        print("ladder train: interrupted; rerun the same command to resume from the last checkpoint",
+              file=sys.stderr)
+        _outcome(args, PREEMPTED, "interrupted (Ctrl-C) before a checkpoint was saved")
+        return EXIT_INTERRUPTED
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _run(args: argparse.Namespace) -> int:
     from ladder.data.errors import DataError
     from ladder.exit_codes import (BAD_INPUT, CRASHED, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_PREEMPTED,
                                    PARENT_FAILED, WAITING)
+    from ladder.integrity import storage_error
     from ladder.recipe import RecipeError, load_recipe
     from ladder.train.branch import ParentFailed, ParentNotReady
     from ladder.train.loop import NonFiniteLossError, train
@@ -67,13 +96,14 @@ def run(args: argparse.Namespace) -> int:
         _outcome(args, BAD_INPUT, msg)
         return EXIT_BAD_INPUT
     except OSError as e:  # a read-only or full run directory: say which file, no traceback
-        print(f"ladder train: error: cannot write {e.filename or args.out}: {e.strerror or e}",
-              file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _storage_failure(args, storage_error(e, args.out or ".") or e)
     except NonFiniteLossError as e:  # status.json already says diverged
         print(f"ladder train: error: {e}", file=sys.stderr)
         return EXIT_DIVERGED
     except Exception as e:
+        err = storage_error(e, args.out or ".")  # torch.save and DCP raise RuntimeError
+        if err is not None:
+            return _storage_failure(args, err)
         _outcome(args, CRASHED, f"{type(e).__name__}: {e}")
         raise
     if result.status == "already-complete":
@@ -102,6 +132,17 @@ def _check_arguments(args: argparse.Namespace) -> None:
     for flag, path in (("--out", args.out), ("--cache", args.cache)):
         if path and Path(path).exists() and not Path(path).is_dir():
             raise ValueError(f"{flag} {path}: exists and is not a directory")
+
+
+def _storage_failure(args: argparse.Namespace, e: OSError) -> int:
+    """A write refused by the file system: one line naming the file and the cause, status failed."""
+    from ladder.exit_codes import BAD_INPUT, EXIT_BAD_INPUT
+    from ladder.integrity import StorageError
+
+    e = e if isinstance(e, StorageError) else StorageError(e.errno, e.strerror or str(e), e.filename or args.out)
+    print(f"ladder train: error: {e}", file=sys.stderr)
+    _outcome(args, BAD_INPUT, e.status_message())
+    return EXIT_BAD_INPUT
 
 
 def _outcome(args: argparse.Namespace, outcome: str, message: object) -> None:

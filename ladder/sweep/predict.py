@@ -28,6 +28,7 @@ def predict_sweep(sweep: Sweep, *, n_boot: int = 200, plots: bool = True, echo=p
     from analysis.predict import Target, predict_targets
     from analysis.checks import check_ladder, check_target, once
     from analysis.files import output_dir
+    from analysis.practice.calibrate import save_calibration
     from analysis.report import write_report
     from analysis.runlog import read_run
     from ladder.sweep.rundir import run_state
@@ -52,12 +53,14 @@ def predict_sweep(sweep: Sweep, *, n_boot: int = 200, plots: bool = True, echo=p
         warn(m)
     out = sweep.predictions_dir
     with output_dir(out, "ladder sweep") as tmp:  # the whole set, calibration included, at once
-        cal = _calibration(sweep, runs, tasks, n_boot, tmp, echo) if calibrate else None
+        cal = _calibration(sweep, runs, tasks, n_boot, echo) if calibrate else None
         preds = predict_targets(runs, targets, tasks, actuals=actuals, n_boot=n_boot,
                                 keep_samples=plots, warn=warn, calibration=cal)
         for p in preds:
             p.warnings = doubts[p.target] + p.warnings
         files = write_report(preds, tmp, f"{sweep.recipe.name}: predictions", plots=plots)
+        if cal is not None:  # the calibration used goes into the set it made, never in place
+            save_calibration(cal, tmp / CALIBRATION_FILE)
     files = {k: out / f.name for k, f in files.items()}
     log_sweep_predictions(sweep, preds, files, echo, [r.name for r in plan.rungs])
     return preds, files
@@ -126,19 +129,14 @@ def _kept_summary(out: Path, key: dict) -> str | None:
     return str(doc.get("summary", ""))
 
 
-def _calibration(sweep: Sweep, runs, tasks, n_boot: int, tmp: Path, echo):
-    """The ladder's calibration, written into the new set ``tmp``: the previous set's when it
-    was made from these rungs, tasks and bootstrap size, else made by backtesting them."""
-    import shutil
-
+def _calibration(sweep: Sweep, runs, tasks, n_boot: int, echo):
+    """The ladder's calibration: the previous set's (only read) or the cached one when made
+    from this content, else made by backtesting the rungs."""
     from analysis.practice.calibrate import ladder_calibration
     from analysis.twostep import TwoStepConfig
 
-    previous = sweep.predictions_dir / CALIBRATION_FILE
-    if previous.is_file():
-        shutil.copy2(previous, tmp / CALIBRATION_FILE)
-    return ladder_calibration(runs, tasks, TwoStepConfig(), n_boot, tmp / CALIBRATION_FILE,
-                              say=lambda m: echo(m.replace(str(tmp), str(sweep.predictions_dir))))
+    return ladder_calibration(runs, tasks, TwoStepConfig(), n_boot,
+                              reuse=sweep.predictions_dir / CALIBRATION_FILE, say=echo)
 
 
 def prediction_tasks(recipe: Recipe) -> str:

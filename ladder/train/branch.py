@@ -22,6 +22,7 @@ import shutil
 from pathlib import Path
 
 from analysis.files import atomic_write_text
+from analysis.rowlog import format_row
 from analysis.runlog import METRICS_JSONL, RUN_JSON, STEP, RunMeta, read_metrics_jsonl
 from ladder.restarts import differences
 from ladder.runplan import RunPlan
@@ -74,7 +75,7 @@ def seed_branch(run_dir: Path, parent_dir: Path, plan: RunPlan, meta: RunMeta, r
         raise BranchError(f"{info.path}: the branch point is damaged ({problem}); rerun the "
                           f"parent to write it again")
     rows = [r for r in read_metrics_jsonl(parent_dir / METRICS_JSONL) if int(r[STEP]) <= step]
-    atomic_write_text(run_dir / METRICS_JSONL, "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(run_dir / METRICS_JSONL, "".join(format_row(r) for r in rows))
     how = _link_checkpoint(info, run_dir, parent_dir)
     report(f"branch {plan.name}: starting from {plan.parent} at step {step} ({how} from "
            f"{info.path})")
@@ -125,8 +126,8 @@ def _link_checkpoint(info: ckpt.CheckpointInfo, run_dir: Path, parent_dir: Path)
     manifest = {k: v for k, v in info.manifest.items() if k != "keep"}
     manifest["branched_from"] = {"run": Path(parent_dir).name, "dir": str(Path(parent_dir).resolve()),
                                  "step": info.step}
-    (tmp / ckpt.MANIFEST).unlink()  # a link to the parent's manifest: replaced, never written through
-    (tmp / ckpt.MANIFEST).write_text(json.dumps(manifest, indent=2))
+    # the link to the parent's manifest is replaced by rename (sealed anew), never written through
+    ckpt.write_manifest(tmp, manifest, files=False)
     ckpt._fsync_tree(tmp)
     os.rename(tmp, root / info.path.name)
     return "linked" if linked else "copied"

@@ -7,11 +7,14 @@ Layout of ``<run>/checkpoints/step0000123/``::
     training_state/optimizer/ (torch.distributed.checkpoint, by parameter name; sharded
                    under FSDP), scheduler.pt, rng-rank*.pt   exact-resume state
     training_state/state.json                                 step, tokens, data position, RNG
-    checkpoint.json                                           written last: what this holds
+    checkpoint.json                                           written last: what this holds,
+                                                              each file's size and digest
 
 A checkpoint is written (:mod:`ladder.train.saver`) into ``.tmp-step0000123/`` and renamed into
 place only when every file is flushed, so a directory named ``stepNNNNNNN`` is complete by
 construction; temp directories left by a killed save are ignored and swept on the next start.
+Its manifest records every file's size and XXH3-128 digest and its own (:mod:`ladder.integrity`);
+a resume checks them all and sets a checkpoint that fails aside. Nothing is unpickled on load.
 """
 
 from __future__ import annotations
@@ -23,12 +26,16 @@ import re
 import shutil
 import struct
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from analysis.files import atomic_write_text, file_mode
+from ladder import integrity
 
 CKPT_DIR = "checkpoints"
 _NAME = re.compile(r"^step(\d{7,})$")
@@ -61,7 +68,9 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[CheckpointInfo]:
             continue
         try:
             manifest = json.loads((p / MANIFEST).read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if not isinstance(manifest, dict):
             continue
         has_state = bool(manifest.get("has_state")) and (p / STATE / "state.json").is_file()
         out.append(CheckpointInfo(p, int(m.group(1)), has_state, manifest))
@@ -85,11 +94,14 @@ def sweep_temp_dirs(run_dir: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def _fsync_files(paths: list[Path]) -> None:
+    for p in paths:
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+
+
 def _fsync_tree(path: Path) -> None:
-    for p in sorted(path.rglob("*")):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
+    _fsync_files([p for p in sorted(path.rglob("*")) if p.is_file()])
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -126,7 +138,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(ckpt: CheckpointInfo, *, accelerator, model, optimizer, scheduler) -> dict[str, Any]:
-    """Restore model, optimizer, scheduler and RNG from ``ckpt``; returns its state.json."""
+    """Restore model, optimizer, scheduler and RNG from ``ckpt``; returns its state.json. Nothing
+    is unpickled (safetensors, JSON, ``weights_only`` loads, :mod:`ladder.train.safe_dcp`).
+    Raises :class:`CheckpointDamaged` for a file that cannot be what was written: one the
+    digests could not vouch for (written before them), or one that asks to run code."""
+    from ladder.train.safe_dcp import UnsafeCheckpointError
+
+    try:
+        return _load(ckpt, accelerator, model, optimizer, scheduler)
+    except UnsafeCheckpointError as e:
+        raise CheckpointDamaged(f"its optimizer metadata {e}") from None
+    except Exception as e:  # noqa: BLE001 - only where no digest says the bytes are as written
+        if integrity.has_digests(ckpt.manifest.get("files") or {}):
+            raise
+        raise CheckpointDamaged(f"unreadable: {type(e).__name__}: {' '.join(str(e).split())[:300]}") from e
+
+
+def _load(ckpt: CheckpointInfo, accelerator, model, optimizer, scheduler) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     state_dir = ckpt.path / STATE
@@ -160,10 +188,10 @@ def prune_checkpoints(run_dir: Path, keep_last: int, keep_eval_weights: bool) ->
     full = [c for c in list_checkpoints(run_dir) if c.has_state and not c.manifest.get("keep")]
     for c in full[:-keep_last] if keep_last else full:
         if keep_eval_weights and c.manifest.get("eval_step"):
-            manifest = {**c.manifest, "has_state": False}
-            tmp = c.path / f".{MANIFEST}.tmp"
-            tmp.write_text(json.dumps(manifest, indent=2))
-            os.replace(tmp, c.path / MANIFEST)  # first say it, then delete the state
+            files = {k: v for k, v in (c.manifest.get("files") or {}).items()
+                     if not k.startswith(STATE + os.sep)}
+            write_manifest(c.path, {**c.manifest, "has_state": False, "files": files},
+                           files=False)  # first say it, then delete the state
             shutil.rmtree(c.path / STATE, ignore_errors=True)
             removed.append(c.path / STATE)
         else:
@@ -238,13 +266,16 @@ def load_optimizer_state(model, optimizer, path: Path) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
+    from ladder.train.safe_dcp import SafeFileSystemReader, SafeLoadPlanner, load_metadata
+
+    load_metadata((path / ".metadata").read_bytes())  # refused here: DCP would turn the error into text
     module = getattr(model, "_orig_mod", model)
     state = optimizer_state(module, optimizer)
     import warnings
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_SINGLE)
-        dcp.load(state, checkpoint_id=str(path))
+        dcp.load(state, storage_reader=SafeFileSystemReader(path), planner=SafeLoadPlanner())
     set_optimizer_state_dict(module, optimizer, state["optimizer"])
 
 
@@ -254,13 +285,25 @@ def load_optimizer_state(model, optimizer, path: Path) -> None:
 DAMAGED_PREFIX = "damaged-"  # a checkpoint found damaged is kept under this name, never resumed
 
 
-def record_files(path: Path) -> None:
-    """Add {relative path: size} of every file to the manifest, so that a later load can tell a
-    truncated file from a whole one without hashing gigabytes."""
-    manifest = json.loads((path / MANIFEST).read_text())
-    manifest["files"] = {str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*"))
-                         if p.is_file() and p.name != MANIFEST}
-    (path / MANIFEST).write_text(json.dumps(manifest, indent=2))
+class CheckpointDamaged(RuntimeError):
+    """A checkpoint whose files are not the ones written (or not safe to read)."""
+
+
+def write_manifest(path: Path, manifest: dict[str, Any], files: bool = True) -> None:
+    """Write ``checkpoint.json`` last: with ``files``, the size and digest of every other file
+    (read back from the page cache while a second thread flushes them to disk, so the digests
+    cost what hashing exceeds the flush; their modes set from the umask, as every other file of
+    a run directory), and the manifest's own digest, so a flipped byte anywhere is found."""
+    if files:
+        mode = file_mode()
+        paths = [p for p in sorted(path.rglob("*")) if p.is_file() and p.name != MANIFEST]
+        for p in paths:
+            os.chmod(p, mode)  # safetensors creates its file 0600 whatever the umask
+        with ThreadPoolExecutor(1) as pool:
+            flushed = pool.submit(_fsync_files, paths)
+            manifest = {**manifest, "files": integrity.record_tree(path, skip=[MANIFEST])}
+            flushed.result()
+    atomic_write_text(path / MANIFEST, json.dumps(integrity.seal(manifest), indent=2))
 
 
 def _safetensors_problem(path: Path) -> str | None:
@@ -282,15 +325,20 @@ def _safetensors_problem(path: Path) -> str | None:
 
 
 def checkpoint_problem(ckpt: CheckpointInfo) -> str | None:
-    """What is wrong with a checkpoint whose manifest says it is complete, or None. Cheap checks:
-    file sizes against the manifest, safetensors headers, the zip directory of torch files."""
-    for rel, size in (ckpt.manifest.get("files") or {}).items():
-        try:
-            actual = (ckpt.path / rel).stat().st_size
-        except OSError:
-            return f"{rel} is missing"
-        if actual != size:
-            return f"{rel} is {actual} bytes, {size} were written"
+    """What is wrong with a checkpoint whose manifest says it is complete, or None: the
+    manifest's own digest, then every file's size and digest. A checkpoint written before
+    digests gets the cheaper checks it was written for: sizes, safetensors headers, the zip
+    directory of torch files."""
+    m = ckpt.manifest
+    problem = integrity.seal_problem(m, MANIFEST)
+    if problem:
+        return problem
+    records = m.get("files") or {}
+    if not isinstance(records, dict):
+        return f"{MANIFEST} has no readable list of files"
+    problem = integrity.files_problem(ckpt.path, records)
+    if problem or integrity.has_digests(records):
+        return problem
     for p in ckpt.path.glob("*.safetensors"):
         problem = _safetensors_problem(p)
         if problem:
@@ -305,18 +353,34 @@ def checkpoint_problem(ckpt: CheckpointInfo) -> str | None:
     return None
 
 
+def set_aside(ckpt_path: Path, problem: str, report=print) -> Path:
+    """Rename a damaged checkpoint ``damaged-stepNNNNNNN`` (kept for inspection, never resumed)."""
+    dest = ckpt_path.with_name(DAMAGED_PREFIX + ckpt_path.name)
+    if dest.exists():
+        shutil.rmtree(dest, ignore_errors=True)
+    os.rename(ckpt_path, dest)
+    report(f"checkpoint {ckpt_path.name} is damaged ({problem}); kept as {dest.name}, "
+           f"resuming from the previous intact one")
+    return dest
+
+
+def _unreadable_manifests(run_dir: str | os.PathLike) -> list[Path]:
+    """Checkpoint directories whose manifest exists but cannot be read: damaged, not unfinished."""
+    root = Path(run_dir) / CKPT_DIR
+    listed = {c.path for c in list_checkpoints(run_dir)}
+    return sorted(p for p in root.iterdir() if _NAME.match(p.name) and (p / MANIFEST).is_file()
+                  and p not in listed) if root.is_dir() else []
+
+
 def latest_intact(run_dir: str | os.PathLike, report=print) -> CheckpointInfo | None:
     """The newest resumable checkpoint that passes :func:`checkpoint_problem`. Damaged newer ones
-    are renamed ``damaged-stepNNNNNNN`` (kept for inspection, never resumed) and reported. Main
-    process only, before the others list the checkpoints."""
+    are set aside (:func:`set_aside`) and reported. Main process only, before the others list
+    the checkpoints."""
+    for p in _unreadable_manifests(run_dir):
+        set_aside(p, f"{MANIFEST} is unreadable", report)
     for c in reversed([c for c in list_checkpoints(run_dir) if c.has_state]):
         problem = checkpoint_problem(c)
         if problem is None:
             return c
-        dest = c.path.with_name(DAMAGED_PREFIX + c.path.name)
-        if dest.exists():
-            shutil.rmtree(dest, ignore_errors=True)
-        os.rename(c.path, dest)
-        report(f"checkpoint {c.path.name} is damaged ({problem}); kept as {dest.name}, "
-               f"resuming from the previous intact one")
+        set_aside(c.path, problem, report)
     return None

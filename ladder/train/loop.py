@@ -27,22 +27,21 @@ import torch.nn.functional as F
 from analysis.runlog import TRAIN_LOSS
 from ladder.data.sequences import PackedSequences
 from ladder.exit_codes import COMPLETED, DIVERGED, EXIT_OK, EXIT_PREEMPTED, PREEMPTED
+from ladder.integrity import storage_error
 from ladder.recipe import Recipe
 from ladder.runplan import RunPlan, run_eval_steps
+from ladder.train.divergence import DivergenceMonitor, LossDiverged
 from ladder.train.loss import next_token_loss
 from ladder.train.parallel import parallel_config
 from ladder.train.saver import CheckpointSaver, take_snapshot
 from ladder.train.setup import RunContext, setup
+from ladder.train.status import Preempted
 
 LR = "optim/learning_rate_group0"
+STATUS_EVERY = 30.0  # seconds between updates of status.json's step while running
 
 
-class NonFiniteLossError(RuntimeError):
-    def __init__(self, step: int, value: float, last_checkpoint: Path | None):
-        self.step, self.value, self.last_checkpoint = step, value, last_checkpoint
-        where = f"last good checkpoint: {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
-        super().__init__(f"training loss is {value} at step {step}; stopped ({where}). "
-                         "Lower train.lr, check the data, or resume from the checkpoint with changes.")
+NonFiniteLossError = LossDiverged  # the name callers know; divergence is more than NaN/inf
 
 
 @dataclass
@@ -59,12 +58,15 @@ class TrainResult:
 
 
 class _Preemption:
-    """SIGTERM/SIGUSR1 set a flag; the loop finishes its step, checkpoints and exits."""
+    """SIGTERM/SIGUSR1 (schedulers), SIGHUP (a closed terminal) and Ctrl-C set a flag; the loop
+    finishes its step, checkpoints and exits 75. During start-up (``starting``) they raise
+    :class:`Preempted` instead: there is no state to save, and the start-up can take minutes.
+    A second Ctrl-C stops at once (KeyboardInterrupt)."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP, signal.SIGINT)
 
     def __init__(self) -> None:
-        self.requested = False
+        self.requested, self.starting = False, True
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> "_Preemption":
@@ -76,6 +78,10 @@ class _Preemption:
         return self
 
     def _handle(self, signum, frame) -> None:
+        if self.starting:
+            raise Preempted(signum)
+        if signum == signal.SIGINT and self.requested:
+            raise KeyboardInterrupt
         self.requested = True
 
     def __exit__(self, *exc) -> None:
@@ -125,20 +131,29 @@ def train(recipe: Recipe, size: str | None = None, multiplier: float | None = No
     this call's alone while it runs (a second writer is refused) and must hold this run;
     ``force_new`` moves a directory holding another run aside.
 
-    Raises :class:`NonFiniteLossError` if the loss diverges. ``task_evaluator`` replaces the
+    Raises :class:`LossDiverged` if the loss diverges (:mod:`ladder.train.divergence`),
+    :class:`Preempted` on a stop signal during start-up. ``task_evaluator`` replaces the
     evaluator built from ``evaluation.tasks`` (for tests and custom evaluations)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # save_pretrained's shard bar, once per checkpoint
-    ctx = setup(recipe, size, multiplier, seed, out, task_evaluator=task_evaluator, cache=cache,
-                force_new=force_new, stable=stable, branch_from=branch_from)
-    try:
-        return _run(ctx, recipe, progress)
-    finally:
-        ctx.release()
+    with _Preemption() as preempt:
+        ctx = setup(recipe, size, multiplier, seed, out, task_evaluator=task_evaluator, cache=cache,
+                    force_new=force_new, stable=stable, branch_from=branch_from)
+        preempt.starting = False
+        try:
+            return _run(ctx, recipe, progress, preempt)
+        except Exception as e:  # a full, read-only or failing disk: one line, status failed
+            err = storage_error(e, ctx.run_dir)
+            if err is None:
+                raise
+            ctx.fail(err.status_message())
+            raise err from None
+        finally:
+            ctx.release()
 
 
-def _run(ctx: RunContext, recipe: Recipe, progress: bool) -> TrainResult:
+def _run(ctx: RunContext, recipe: Recipe, progress: bool, preempt: _Preemption) -> TrainResult:
     total = ctx.plan.total_steps
     if ctx.step >= total and not ctx.relog:
         return TrainResult("already-complete", ctx.run_dir, ctx.step, total, ctx.last_row())
@@ -150,7 +165,7 @@ def _run(ctx: RunContext, recipe: Recipe, progress: bool) -> TrainResult:
     step, status = ctx.step, COMPLETED
     ok = False
     try:
-        with _Preemption() as preempt, trainer.tracking():
+        with trainer.tracking():
             while step < total:
                 trainer.step(step)
                 step += 1
@@ -195,6 +210,8 @@ class Trainer:
         self.last_loss, self.lr, self.tps, self.mfu = float("nan"), float("nan"), 0.0, None
         self.tokens, self.seconds = 0, 0.0  # since the last log
         self.gnorm: torch.Tensor | float = float("nan")
+        self.monitor = DivergenceMonitor()
+        self.last_status = time.monotonic()
         self._trackers = False
         self.last_save = time.monotonic()
         self.saver = CheckpointSaver(ctx.accelerator, async_saves(ctx.recipe, ctx.accelerator),
@@ -235,15 +252,18 @@ class Trainer:
         return minutes is not None and time.monotonic() - self.last_save >= 60 * minutes
 
     def log(self, step: int) -> None:
-        """Check the pending losses (NaN stops the run) and log loss, LR and throughput."""
+        """Check the pending losses (divergence stops the run) and log loss, LR and throughput."""
         c = self.ctx
         try:
-            self.last_loss = _check_finite(self.pending, c.accelerator, c.last_checkpoint)
-        except NonFiniteLossError as e:
+            self.last_loss = _check_losses(self.pending, c.accelerator, self.monitor)
+        except LossDiverged as e:
             self.settle_saves(raise_error=False)  # name a checkpoint that is complete
-            e = NonFiniteLossError(e.step, e.value, c.last_checkpoint)
-            c.set_status(DIVERGED, step, str(e))
+            e = e.at(c.last_checkpoint)
+            c.set_status(DIVERGED, e.step, str(e))
             raise e from None
+        if time.monotonic() - self.last_status >= STATUS_EVERY:
+            c.report_progress(step)
+            self.last_status = time.monotonic()
         self.pending.clear()
         self.tps = self.tokens / max(self.seconds, 1e-9)
         self.mfu = c.plan.flops_per_token * self.tps / self.peak if self.peak else None
@@ -295,6 +315,7 @@ class Trainer:
         self.saver.save(c.run_dir, snap, model=c.model, tokenizer=c.data.tokenizer, keep_last=ck.keep_last,
                         keep_eval_weights=ck.keep_eval_weights)
         c.last_checkpoint = self.saver.last_written or c.last_checkpoint
+        c.report_progress(step)
         self.last_save = time.monotonic()
 
     def settle_saves(self, raise_error: bool = True) -> None:
@@ -358,15 +379,14 @@ def _validation(model, accelerator, seqs: PackedSequences, n_val: int, batch_siz
     return {f"{prefix}/CrossEntropyLoss": ce / n, f"{prefix}/bpb": ce / math.log(2) / max(nbytes, 1)}
 
 
-def _check_finite(pending: list[tuple[int, torch.Tensor]], accelerator, last_ckpt) -> float:
+def _check_losses(pending: list[tuple[int, torch.Tensor]], accelerator, monitor: DivergenceMonitor) -> float:
     """Bring the pending losses to the host (the only sync of the loop between evaluations) and
-    stop at the first non-finite one. Returns the last loss, averaged over processes."""
+    stop at the first that diverges. Returns the last loss, averaged over processes."""
     losses = torch.stack([loss for _, loss in pending])
     losses = accelerator.reduce(losses, "mean") if accelerator.num_processes > 1 else losses
     values = losses.tolist()
     for (s, _), v in zip(pending, values):
-        if not math.isfinite(v):
-            raise NonFiniteLossError(s, v, last_ckpt)
+        monitor.check(s, v)
     return values[-1]
 
 

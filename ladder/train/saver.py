@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import torch
 
+from ladder import integrity
 from ladder.train import checkpoint as ckpt
 
 
@@ -50,7 +51,8 @@ class Snapshot:
 def host_copy(obj: Any, memo: dict | None = None) -> Any:
     """A deep copy of a state dict in host memory that training cannot change: tensors are copied
     (aliases stay aliases, so a tied head is still saved once), DTensors keep their sharding
-    (DCP writes each shard with its global offsets)."""
+    (DCP writes each shard with its global offsets). GPU tensors are staged into pinned memory
+    without a sync per tensor: the caller synchronises once (:func:`take_snapshot`)."""
     from torch.distributed.tensor import DTensor
 
     memo = {} if memo is None else memo
@@ -61,7 +63,7 @@ def host_copy(obj: Any, memo: dict | None = None) -> Any:
         t = obj.detach()
         key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
         if key not in memo:
-            memo[key] = t.to("cpu", copy=True)
+            memo[key] = staging_buffer(t).copy_(t, non_blocking=t.is_cuda)
         return memo[key]
     if isinstance(obj, dict):
         return {k: host_copy(v, memo) for k, v in obj.items()}
@@ -70,17 +72,28 @@ def host_copy(obj: Any, memo: dict | None = None) -> Any:
     return copy.deepcopy(obj)
 
 
+def staging_buffer(t: torch.Tensor) -> torch.Tensor:
+    """Host memory for a copy of ``t``: pinned for a GPU tensor (the copy runs at the link's speed,
+    asynchronously, and the background writer reads it without a staging copy of CUDA's own),
+    pageable for a CPU one (pinning would only cost page-locking)."""
+    return torch.empty_like(t, device="cpu", pin_memory=bool(t.is_cuda))
+
+
 def take_snapshot(step: int, *, accelerator, model, optimizer, scheduler, state: dict[str, Any],
                   eval_step: bool) -> Snapshot:
-    """Copy a checkpoint's content to host memory. Collective: every process must call it."""
+    """Copy a checkpoint's content to host memory. Collective: every process must call it.
+    Replicated state (DDP: weights and optimizer) is copied by the main process only, which
+    writes it; FSDP shards are copied by each process."""
     fsdp = ckpt._is_fsdp(accelerator)
     main = accelerator.is_main_process
     weights = ckpt._model_state(accelerator, model, fsdp) if (fsdp or main) else {}
     if not fsdp:  # references to the live parameters (FSDP's gather already made host copies)
         weights = host_copy(weights)
+    optim = host_copy(ckpt.optimizer_state(model, optimizer)) if (fsdp or main) else {}
+    if accelerator.device.type == "cuda":
+        torch.cuda.current_stream(accelerator.device).synchronize()  # the pinned copies are done
     return Snapshot(step, dict(state), eval_step, fsdp, accelerator.process_index, accelerator.num_processes,
-                    weights if main else {}, host_copy(ckpt.optimizer_state(model, optimizer)),
-                    host_copy(scheduler.state_dict()), ckpt.rng_state())
+                    weights if main else {}, optim, host_copy(scheduler.state_dict()), ckpt.rng_state())
 
 
 def write_snapshot(snap: Snapshot, run_dir: Path, *, model, tokenizer, barrier: Callable[[], None],
@@ -88,10 +101,31 @@ def write_snapshot(snap: Snapshot, run_dir: Path, *, model, tokenizer, barrier: 
                    asynchronous: bool = False) -> Path | None:
     """Write ``snap`` as checkpoint ``snap.step`` atomically, then prune (main process). Every
     process calls it; ``barrier`` and ``process_group`` are the writer's (see the module doc).
-    ``model`` is the unwrapped module: only its config is read."""
+    ``model`` is the unwrapped module: only its config is read. A write the file system refuses
+    (full, over quota, read-only) removes the temp directory and raises
+    :class:`ladder.integrity.StorageError` naming the checkpoint."""
     root = Path(run_dir) / ckpt.CKPT_DIR
     final = root / ckpt.step_dir_name(snap.step)
     tmp = root / f".tmp-{ckpt.step_dir_name(snap.step)}"
+    try:
+        _write_files(snap, root, tmp, model=model, tokenizer=tokenizer, barrier=barrier,
+                     process_group=process_group, asynchronous=asynchronous)
+        if snap.rank == 0:
+            _publish(tmp, final, root)
+            ckpt.prune_checkpoints(run_dir, keep_last, keep_eval_weights)
+    except Exception as e:
+        err = integrity.storage_error(e, final)
+        if err is None:
+            raise
+        if snap.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)  # frees the space (a .tmp- dir is never resumed)
+        raise integrity.StorageError(err.errno, err.strerror, f"checkpoint {final}") from None
+    barrier()
+    return final if snap.rank == 0 else None
+
+
+def _write_files(snap: Snapshot, root: Path, tmp: Path, *, model, tokenizer, barrier, process_group,
+                 asynchronous: bool) -> None:
     main = snap.rank == 0
     state_dir = tmp / ckpt.STATE
     if main:
@@ -102,35 +136,35 @@ def write_snapshot(snap: Snapshot, run_dir: Path, *, model, tokenizer, barrier: 
     rng = snap.rng  # every process writes its own RNG state; everything else is replicated or sharded
     torch.save({"torch": rng["torch"], "cuda": rng["cuda"]}, state_dir / f"rng-rank{snap.rank}.pt")
     (state_dir / f"rng-rank{snap.rank}.json").write_text(json.dumps({k: rng[k] for k in ("python", "numpy")}))
-    # Every process writes its shard of the optimizer (FSDP), or rank 0 all of it (replicated);
-    # keyed by parameter name, so a run can resume with another strategy or process count.
+    # Every process writes its shard of the optimizer (FSDP), or rank 0 all of it (replicated:
+    # the others hold an empty snapshot); keyed by parameter name, so a run can resume with
+    # another strategy or process count.
     ckpt.dcp_save(snap.optimizer, state_dir / ckpt.OPTIMIZER_DIR, process_group)
     if main:
         model.save_pretrained(tmp, state_dict=snap.model, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         torch.save(snap.scheduler, state_dir / "scheduler.pt")
         (state_dir / "state.json").write_text(json.dumps({**snap.state, "world_size": snap.world_size}, indent=2))
-        (tmp / ckpt.MANIFEST).write_text(json.dumps(
-            {"step": snap.step, "tokens": snap.state.get("tokens"), "has_state": True,
-             "eval_step": snap.eval_step, "fsdp": snap.fsdp, "async": asynchronous,
-             "keep": bool(snap.state.get("keep"))}, indent=2))
     barrier()  # every process's files are written
-    if main:
-        ckpt.record_files(tmp)
-        ckpt._fsync_tree(tmp)
-        if final.exists():  # a stale copy of the same step (e.g. weights-only): replace it
-            trash = root / f".del-{final.name}"
-            os.rename(final, trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        os.rename(tmp, final)
-        fd = os.open(root, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        ckpt.prune_checkpoints(run_dir, keep_last, keep_eval_weights)
-    barrier()
-    return final if main else None
+    if main:  # last: the digest of every file, then the manifest that makes it a checkpoint
+        ckpt.write_manifest(tmp, {"step": snap.step, "tokens": snap.state.get("tokens"), "has_state": True,
+                                  "eval_step": snap.eval_step, "fsdp": snap.fsdp, "async": asynchronous,
+                                  "keep": bool(snap.state.get("keep"))})  # a WSD branch point
+
+
+def _publish(tmp: Path, final: Path, root: Path) -> None:
+    """fsync the files, then rename the directory into place (a crash before leaves a temp dir)."""
+    ckpt._fsync_tree(tmp)
+    if final.exists():  # a stale copy of the same step (e.g. weights-only): replace it
+        trash = root / f".del-{final.name}"
+        os.rename(final, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    os.rename(tmp, final)
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class CheckpointSaver:

@@ -4,6 +4,7 @@ point, run log, evaluator. :func:`setup` returns it as one :class:`RunContext`; 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -18,6 +19,7 @@ from ladder.data.checks import repetition
 from ladder.data.pipeline import TokenData, prepare_data
 from ladder.data.sequences import BatchSampler, PackedSequences
 from ladder.data.tokenizer import token_byte_lengths
+from ladder.exit_codes import BAD_INPUT, PREEMPTED, RUNNING
 from ladder.presets import embedding_rows
 from ladder.recipe import Recipe
 from ladder.runplan import RunPlan, lr_lambda, plan_role, run_eval_steps
@@ -26,7 +28,7 @@ from ladder.train.binding import claim_run_dir
 from ladder.train.host_memory import keep_freed_memory
 from ladder.train.parallel import (build_accelerator, enable_activation_checkpointing, enable_tf32,
                                    is_fsdp, parallel_config)
-from ladder.train.status import write_status
+from ladder.train.status import Preempted, write_status
 
 
 def default_run_dir(recipe: Recipe, plan: RunPlan) -> Path:
@@ -108,6 +110,7 @@ class RunContext:
     lock: Any = None  # the run directory's DirLock (main process)
     resume_loss: float | None = None  # train loss at the resumed checkpoint
     relog: bool = False  # the resumed step's evaluation row was lost: evaluate it again
+    step_reached: int | None = None  # the last step status.json reported while running
 
     def release(self) -> None:
         """Free the run directory for the next writer."""
@@ -123,6 +126,22 @@ class RunContext:
             self.writer.write_meta(self.meta)
             write_status(self.run_dir, status, step=self.step if step is None else step,
                          total_steps=self.plan.total_steps, message=message)
+
+    def fail(self, message: str) -> None:
+        """status.json only (run.json may be what could not be written): the run stopped on an
+        error the user must fix (``bad_input``: schedulers do not retry it)."""
+        if self.writer:
+            with contextlib.suppress(OSError):
+                write_status(self.run_dir, BAD_INPUT, step=self.step if self.step_reached is None else self.step_reached,
+                             total_steps=self.plan.total_steps,
+                             message=message)
+
+    def report_progress(self, step: int) -> None:
+        """status.json's step while running (the loop calls it at checkpoints and every
+        ``loop.STATUS_EVERY`` seconds), for ``ladder status`` and schedulers."""
+        self.step_reached = step
+        if self.writer:
+            write_status(self.run_dir, RUNNING, step=step, total_steps=self.plan.total_steps)
 
     def last_row(self) -> dict[str, Any]:
         rows = self.writer.rows() if self.writer else []
@@ -195,8 +214,10 @@ def setup(recipe: Recipe, size: str | None, multiplier: float | None, seed: int 
             seed_branch(run_dir, Path(branch_from), plan, meta, accelerator.print)
         return _build(recipe, plan, run_dir, accelerator, data, train_seqs, val_seqs, sampler, micro, accum,
                       meta, lock, task_evaluator, settings)
-    except BaseException:  # the directory is free again for the next attempt in this process
+    except BaseException as e:  # the directory is free again for the next attempt in this process
         if lock is not None:
+            if isinstance(e, Preempted):  # the directory is ours: say so to the scheduler
+                write_status(run_dir, PREEMPTED, total_steps=plan.total_steps, message=str(e))
             lock.release()
         raise
 
@@ -219,16 +240,9 @@ def _build(recipe, plan, run_dir, accelerator, data, train_seqs, val_seqs, sampl
     if t.compile and fsdp:  # FSDP2 shards the plain module; compile the sharded one
         model = torch.compile(model)
 
-    step, state = 0, {}
-    if accelerator.is_main_process:
-        ckpt.sweep_temp_dirs(run_dir)
-        ckpt.latest_intact(run_dir, report=accelerator.print)  # damaged ones are set aside
-    accelerator.wait_for_everyone()
-    latest = ckpt.latest_resumable(run_dir)
+    latest, state = _resume(run_dir, accelerator, model, optimizer, scheduler)
+    step = int(state.get("step", 0))
     if latest is not None:
-        state = ckpt.load_checkpoint(latest, accelerator=accelerator, model=model,
-                                     optimizer=optimizer, scheduler=scheduler)
-        step = int(state["step"])
         accelerator.print(f"resuming {run_dir} from {latest.path.name} (step {step}/{plan.total_steps})")
     ctx = RunContext(recipe, plan, run_dir, accelerator, data, model, optimizer, scheduler, train_seqs,
                      val_seqs, sampler, micro, accum, meta, writer, step, latest.path if latest else None)
@@ -239,7 +253,7 @@ def _build(recipe, plan, run_dir, accelerator, data, train_seqs, val_seqs, sampl
     # the log: the evaluation is collective)
     ctx.relog = step > 0 and step in run_eval_steps(plan, recipe.evaluation) and not any(
         r.get("step") == step for r in read_metrics_jsonl(run_dir / METRICS_JSONL))
-    ctx.set_status("completed" if step >= plan.total_steps else "running")
+    ctx.set_status("completed" if step >= plan.total_steps else RUNNING)
     if step >= plan.total_steps and not ctx.relog:
         return ctx
 
@@ -254,6 +268,31 @@ def _build(recipe, plan, run_dir, accelerator, data, train_seqs, val_seqs, sampl
     ctx.byte_len = torch.as_tensor(token_byte_lengths(data.tokenizer, plan.vocab_size), device=device)
     ctx.n_val = min(val_seqs.n, max(1, recipe.data.validation_tokens // t.seq_len))
     return ctx
+
+
+def _resume(run_dir: Path, accelerator, model, optimizer, scheduler):
+    """Load the newest intact checkpoint: (its info, its state.json), or (None, {}). Checkpoints
+    whose digests fail are set aside by the main process before anyone loads; one that still
+    cannot be read (written before digests) is set aside when it fails to load, and the next
+    older one is tried (one process: several would have to agree first, so they stop instead)."""
+    if accelerator.is_main_process:
+        ckpt.sweep_temp_dirs(run_dir)
+        ckpt.latest_intact(run_dir, report=accelerator.print)  # damaged ones are set aside
+    accelerator.wait_for_everyone()
+    failed = None
+    while (latest := ckpt.latest_resumable(run_dir)) is not None:
+        try:
+            return latest, ckpt.load_checkpoint(latest, accelerator=accelerator, model=model,
+                                                optimizer=optimizer, scheduler=scheduler)
+        except ckpt.CheckpointDamaged as e:
+            if accelerator.num_processes > 1:
+                raise ValueError(f"checkpoint {latest.path} is damaged ({e}); move it aside and "
+                                 "rerun to resume from the previous one") from None
+            failed = ckpt.set_aside(latest.path, str(e), accelerator.print)
+    if failed is not None:  # the model holds part of a damaged checkpoint: never train on it
+        raise ValueError(f"{failed}: no intact checkpoint is left to resume from; rerun to start "
+                         "the run over")
+    return None, {}
 
 
 # ---------------------------------------------------------------------------- run metadata

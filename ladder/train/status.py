@@ -9,6 +9,7 @@ Outcomes and the retry policy: :mod:`ladder.exit_codes`.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -17,10 +18,21 @@ from pathlib import Path
 from typing import Any
 
 from analysis.files import atomic_write_text
-from ladder.exit_codes import BAD_INPUT, DIVERGED, OUTCOME_EXIT, PARENT_FAILED, RUNNING
+from ladder.exit_codes import BAD_INPUT, DIVERGED, EXIT_PREEMPTED, OUTCOME_EXIT, PARENT_FAILED, RUNNING
 
 STATUS_FILE = "status.json"
 PREVIOUS = "status.prev.json"  # the attempt before: kept for the record, never acted on
+
+
+class Preempted(BaseException):
+    """A stop signal during a trainer's start-up, before there is a state to checkpoint (a
+    BaseException, as KeyboardInterrupt: no library's ``except Exception`` swallows it)."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(f"{signal.Signals(signum).name} during start-up, before any step: nothing to "
+                         f"checkpoint; rerun the same command to start (exit {EXIT_PREEMPTED})")
 
 
 def is_main_process() -> bool:
@@ -39,8 +51,30 @@ def write_status(run_dir: str | os.PathLike, outcome: str, *, step: int | None =
               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(),
               "pid": os.getpid()}
     path = d / STATUS_FILE
-    atomic_write_text(path, json.dumps(record) + "\n")
+    text = json.dumps(record) + "\n"
+    try:
+        atomic_write_text(path, text)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT) or not path.is_file():
+            raise
+        _overwrite(path, text.encode())
     return path
+
+
+def _overwrite(path: Path, data: bytes) -> None:
+    """On a full disk (a new file gets no block), rewrite the file in the block it already has
+    (a status line is under 4 KiB):
+    not atomic, but a reader takes a torn status for none, and a status saying why the run
+    failed is worth more than the last one's 'running'."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.pwrite(fd, view, len(data) - len(view)):]
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_status(run_dir: str | os.PathLike | None) -> dict[str, Any] | None:

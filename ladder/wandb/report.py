@@ -19,7 +19,7 @@ from analysis.files import finite_or_none, json_safe
 TABLE_COLUMNS = ("task", "target", "grade", "pred_acc", "pred_acc_low", "pred_acc_high",
                  "interval_calibrated", "interval_beyond_backtests", "pred_loss", "actual_acc",
                  "actual_loss", "rungs_used")
-REQUIRED = ("task", "target", "pred_acc")
+REQUIRED = ("task", "target", "pred_acc")  # pred_acc may be null: a refused task (its grade says why)
 
 
 @dataclass
@@ -37,7 +37,7 @@ def _as_dicts(predictions: Iterable[Any]) -> list[dict[str, Any]]:
         if not isinstance(d, dict):
             raise TypeError(f"predictions[{i}]: expected a dict (predictions.json entry), "
                             f"got {type(p).__name__}")
-        missing = [k for k in REQUIRED if d.get(k) is None]
+        missing = [k for k in REQUIRED if k not in d or (d[k] is None and k != "pred_acc")]
         if missing:
             raise ValueError(f"predictions[{i}]: missing field(s) {', '.join(missing)} "
                              f"(expected the entries of predictions.json)")
@@ -69,6 +69,7 @@ def summary_values(predictions: list[dict[str, Any]]) -> dict[str, float]:
     """Per target and task, the predicted accuracy; per target with actuals, mean absolute
     error (accuracy and loss) and how many actuals fall inside the predicted interval."""
     out: dict[str, float] = {}
+    predictions = [p for p in predictions if finite_or_none(p.get("pred_acc")) is not None]
     for p in predictions:
         out[f"pred_acc/{p['target']}/{p['task']}"] = float(p["pred_acc"])
     for target in dict.fromkeys(p["target"] for p in predictions):

@@ -1,7 +1,7 @@
 """16 OLMo ladder runs -> 7B-4T: per-task table next to the ladder paper's own code, MAE,
 trust grade, calibrated and raw interval coverage and width, and the wall time of
 `ladder predict` (8 tasks, intervals, plots): the first run calibrates the intervals on the
-ladder's backtests (written to OUT/calibration.json), the second reuses that file.
+ladder's backtests (kept in an empty calibration cache), the second reuses that calibration.
 
     PYTHONPATH=. python tests/benchmarks/bench_predict_7b.py [--data ../shared/data/olmo-ladder] [extra predict args]
 
@@ -39,18 +39,19 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "ladder", "predict", *runs, "--target-name", "7B-4T",
                "--target-n", "6887575552", "--target-d", "3945065873408",
-               "--actual", str(data / "7B-4T-final.csv"), "--out", tmp, *extra]
+               "--actual", str(data / "7B-4T-final.csv"), "--out", str(Path(tmp) / "out"), *extra]
         walls = []
-        for _ in range(2):  # first: calibrates; second: reuses OUT/calibration.json
+        # an empty calibration cache: the first run calibrates, the second reuses its calibration
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "LADDER_CALIBRATION_CACHE": str(Path(tmp) / "cache")}
+        for _ in range(2):
             t0 = time.perf_counter()
-            res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
-                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
+            res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
             walls.append(time.perf_counter() - t0)
             if res.returncode not in (0, 1):
                 print(res.stderr, file=sys.stderr)
                 return res.returncode
-        rows = json.loads((Path(tmp) / "predictions.json").read_text())
-        plots = sorted(p.name for p in Path(tmp).glob("*.png"))
+        rows = json.loads((Path(tmp) / "out" / "predictions.json").read_text())
+        plots = sorted(p.name for p in (Path(tmp) / "out").glob("*.png"))
     print(f"{'task':<14} {'grade':<10} {'actual':>7} {'ours':>7} {'90% interval':>16} {'err':>6} "
           f"{'raw bootstrap':>16} | {'paper code':>10} {'err':>6}")
     ours, theirs, covered, widths, raw_cov, raw_w, scaled, scaled_raw = [], [], 0, [], 0, [], [], []
