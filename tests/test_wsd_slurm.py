@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,21 +15,13 @@ import yaml
 
 from analysis.runlog import read_metrics_jsonl
 from ladder.train.status import read_status
+from tests.test_slurm_outcomes import _wait as wait_logged
+from tests.test_wsd import RECIPE as WSD_RECIPE
 
 pytestmark = pytest.mark.slurm
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = {
-    "name": "wsd-slurm",
-    "model": {"sizes": ["tiny-9k"], "tokenizer_vocab_size": 512},
-    "data": {"source": "pystdlib", "max_bytes": 1_500_000, "validation_tokens": 2048},
-    "multipliers": [0.25, 0.5],
-    "train": {"seq_len": 64, "batch_tokens": 1024, "micro_batch_size": 16, "cpu_threads": 1,
-              "schedule": "wsd", "decay_shape": "1-sqrt"},
-    "evaluation": {"count": 4, "early": 0, "batch_size": 32},
-    "checkpoint": {"keep_last": 1, "keep_eval_weights": False},
-    "tracking": {"log_interval": 5},
-    "slurm": {"cpus_per_task": 1, "time": "00:20:00", "max_retries": 0, "branch_poll_seconds": 2},
-}
+RECIPE = {**WSD_RECIPE, "name": "wsd-slurm", "multipliers": [0.25, 0.5],
+          "slurm": {"cpus_per_task": 1, "time": "00:20:00", "max_retries": 0, "branch_poll_seconds": 2}}
 
 
 def _env(tmp_path, cluster) -> dict:
@@ -44,15 +35,7 @@ def _ladder(env, *args, timeout=300):
 
 
 def _wait(predicate, timeout, what, out: Path, cluster):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        cluster.expedite_requeued()
-        if predicate():
-            return
-        time.sleep(0.5)
-    logs = sorted((out / "slurm" / "logs").glob("*.log"))
-    detail = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}" for p in logs)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}\n{detail}")
+    wait_logged(predicate, timeout, what, cluster, out / "slurm" / "logs")
 
 
 def _recipe(tmp_path, **train) -> Path:
