@@ -139,6 +139,10 @@ def test_the_wsd_recipe_costs_under_65_percent_of_the_cosine_ladder(ladder_here)
     r = ladder_here("plan", ROOT / "recipes" / "tiny-cpu.yaml")
     assert r.returncode == 0 and "layouts: every rung from scratch 2.16e+12 FLOPs" in r.stdout
     assert "(linear, decay_fraction 0.2; train.schedule=wsd)" in r.stdout  # what WSD would cost
+    r = ladder_here("plan", ROOT / "recipes" / "tiny-cpu-wsd.yaml", "--json")
+    doc = json.loads(r.stdout)
+    assert doc["layouts_flops"]["ratio"] == pytest.approx(wsd.ladder_flops / cosine.ladder_flops)
+    assert {x["name"]: x.get("parent") for x in doc["runs"]}["tiny-43k-4xC"] == "tiny-43k-stable"
     r = ladder_here("sweep", ROOT / "recipes" / "tiny-cpu-wsd.yaml", "--dry-run")
     assert r.returncode == 0, r.stderr
     assert "WSD decay branches (1-sqrt, decay_fraction 0.18; this recipe)" in r.stdout and "saving" in r.stdout
