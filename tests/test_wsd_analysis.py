@@ -79,7 +79,10 @@ def test_a_wsd_ladder_predicts_like_the_law_and_says_which_points_it_used(tmp_pa
     assert abs(preds[0].pred_acc - truth) < 0.005
     assert preds[0].pred_loss == pytest.approx(float(true_bpb(PAPER_N["3B"], 6e10)), abs=2e-3)
     step1 = preds[0].fits["step1"]
-    assert step1["n_points"] == 16 and "16 WSD run(s): their decayed ends only" in step1["points"]
+    assert step1["n_points"] == 16
+    assert step1["points"].startswith("16 points from 16 WSD run(s): their decayed ends only")
+    from analysis.report import markdown_table
+    assert "Points used: step 1, 16 points from 16 WSD run(s)" in markdown_table(preds)
     assert "evaluations from the start of their decay" in preds[0].fits["step2"]["points"]
     # read as if annealed throughout (the mistake this prevents), the stable rows bias step 1
     for r in runs:

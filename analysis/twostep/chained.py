@@ -66,7 +66,9 @@ class TaskModel:
 
     def diagnostics(self) -> dict:
         out = {}
-        used = points_used([s.annealing for s in self.series], self.data1, self.data2, self.config)
+        used = points_used([s.annealing for s in self.series],
+                           *(int(d.y.size) if d is not None else 0 for d in (self.data1, self.data2)),
+                           self.config)
         for key, law, data in (("step1", self.step1, self.data1), ("step2", self.step2, self.data2)):
             if law is not None:
                 out[key] = {"law": type(law).__name__, "params": law.params_,
