@@ -367,3 +367,30 @@ def test_locally_a_failed_parent_stops_its_branch(tmp_path):
     st = read_status(branch)
     assert st["outcome"] == "parent_failed" and "parent p stopped before step 5 (bad_input)" in st["message"]
     assert any("b FAILED (parent p failed (bad_input)" in ln for ln in lines), lines
+
+
+def test_slurm_holds_waiting_branches_and_leaves_out_those_nothing_would_release(tmp_path):
+    """Rendering only (the real cluster: tests/test_wsd_slurm.py): the branches are an array of
+    their own, held; the stable run's task releases them; a branch whose parent is done without
+    its branch point is stopped instead of being submitted to wait forever."""
+    from ladder.sweep.slurm import SlurmSweep
+    from ladder.sweep.slurm_branches import stop_orphans
+    from ladder.sweep.sweepdir import open_sweep
+
+    sweep = open_sweep(from_dict(RECIPE, "wsd.yaml"), tmp_path / "sw")
+    ss = SlurmSweep(sweep.dir, sweep.jobs())
+    assert [(g.gated, [j.name for j in g.rungs]) for g in ss.groups] == \
+        [(False, ["tiny-9k-stable"]), (True, ["tiny-9k-0.5xC", "tiny-9k-1xC"])]
+    text = ss.render_array(ss.groups[0])
+    assert "GATE=(" in text and "ladder.sweep.slurm_gate release" in text and "trap '\"${GATE[@]}\"" in text
+    assert "GATE=(" not in ss.render_array(ss.groups[1])
+    assert "--branch-from" in " ".join(ss.groups[1].rungs[0].argv)
+    stable = sweep.run_dir(sweep.plan.stables[0])
+    stable.mkdir(parents=True)
+    (stable / "DONE").write_text("")  # done, yet without its branch points
+    ss = SlurmSweep(sweep.dir, sweep.jobs())
+    assert not ss.groups and [j.name for j in ss.orphans] == ["tiny-9k-0.5xC", "tiny-9k-1xC"]
+    said = []
+    stop_orphans(ss.orphans, said.append)
+    st = read_status(ss.orphans[0].run_dir)
+    assert st["outcome"] == "parent_failed" and "no checkpoint at step 41" in st["message"], said

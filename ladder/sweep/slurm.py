@@ -115,6 +115,7 @@ class SlurmSweep:
     branch_poll_seconds: int = 30  # a WSD parent's batch shell looks for its branch points this often
     groups: list[ArrayGroup] = field(init=False, default_factory=list)
     waiting: dict[str, list[Job]] = field(init=False, default_factory=dict)  # parent -> held branches
+    orphans: list[Job] = field(init=False, default_factory=list)  # branches whose parent left no point
 
     def __post_init__(self):
         self.sweep_dir = Path(self.sweep_dir).resolve()
@@ -161,11 +162,13 @@ class SlurmSweep:
     def _group(self) -> list[ArrayGroup]:
         from ladder.sweep.slurm_branches import waiting
 
-        self.waiting = waiting(self.pending_rungs())  # parent -> its branches submitted held
+        # parent -> its branches submitted held; branches nothing would release are left out
+        self.waiting, self.orphans = waiting(self.pending_rungs())
         held = {j.name for js in self.waiting.values() for j in js}
         groups: dict[tuple[Resources, bool], list[Job]] = {}
         for job in self.pending_rungs():
-            groups.setdefault((job.resources, job.name in held), []).append(job)
+            if job not in self.orphans:
+                groups.setdefault((job.resources, job.name in held), []).append(job)
         return [ArrayGroup(i, res, jobs, gated) for i, ((res, gated), jobs) in enumerate(groups.items())]
 
     # ------------------------------------------------------------------ scripts
@@ -252,8 +255,9 @@ class SlurmSweep:
         if active:
             raise SlurmError(f"{self.sweep_dir}: jobs of an earlier submission are still queued "
                              f"or running ({', '.join(active)}); wait for them or scancel them")
-        from ladder.sweep.slurm_branches import submit_stops, task_record
+        from ladder.sweep.slurm_branches import stop_orphans, submit_stops, task_record
 
+        stop_orphans(self.orphans)
         scripts = self.write()
         submitted: list[str] = []
         record: dict[str, Any] = {"submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

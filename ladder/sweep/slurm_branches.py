@@ -22,16 +22,29 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from ladder.sweep.branches import ready
+from ladder.sweep.branches import ready, stop_branch
 from ladder.sweep.launcher import Job
 
-def waiting(jobs: Sequence[Job]) -> dict[str, list[Job]]:
-    """Parent name -> its branches in ``jobs`` that must wait for it (held when submitted)."""
+def waiting(jobs: Sequence[Job]) -> tuple[dict[str, list[Job]], list[Job]]:
+    """Parent name -> its branches in ``jobs`` that must wait for it (held when submitted); and
+    the branches whose parent is not among ``jobs`` (done or gone) and never saved their branch
+    point: nothing would release them, so they are not submitted (:func:`stop_orphans`)."""
+    names = {j.name for j in jobs}
     out: dict[str, list[Job]] = {}
+    orphans = []
     for job in jobs:
         if job.waits_for is not None and not ready(job):
-            out.setdefault(job.waits_for.job, []).append(job)
-    return out
+            if job.waits_for.job in names:
+                out.setdefault(job.waits_for.job, []).append(job)
+            else:
+                orphans.append(job)
+    return out, orphans
+
+
+def stop_orphans(orphans: Sequence[Job], echo=print) -> None:
+    for job in orphans:
+        why = job.waits_for.failed() or f"not running and no checkpoint at step {job.waits_for.step}"
+        echo(f"{job.name}: not submitted: {stop_branch(job, why)}")
 
 
 def module_argv(action: str, sweep_dir: Path, parent: str) -> list[str]:

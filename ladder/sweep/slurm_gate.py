@@ -64,13 +64,13 @@ def stop(sweep_dir: Path, parent: str) -> int:
 
 
 def branch_status(state: str, task: dict[str, Any], slurm_reason: str | None) -> str:
-    """A branch's state for `ladder status`: waiting (held for its parent's branch point) or
-    stopped because its parent failed; any other state as it is."""
-    if not task.get("parent") or state == "done":
+    """A rung's state for `ladder status` where it is a WSD branch: waiting (held for its
+    parent's branch point) or stopped because its parent failed; any other state as it is."""
+    if state == "done":
         return state
     if (read_status(task["run_dir"]) or {}).get("outcome") == PARENT_FAILED:
         return PARENT_FAILED_STATE
-    if slurm_reason == "JobHeldUser":
+    if task.get("parent") and slurm_reason == "JobHeldUser":
         return f"{WAITING_STATE} (for {task['parent']} step {task['branch_step']})"
     return state
 

@@ -109,8 +109,9 @@ def status(sweep_dir: str | os.PathLike) -> SweepStatus:
             st.reason = rec.get("Reason")
         st.state = (_combine(rs, st.slurm_state, st.restarts, name in submitted) if have_slurm
                     else DONE if rs.done else f"unknown ({rs.state}; scontrol not found)")
-        if name in submitted:  # a WSD branch: waiting for its parent, or stopped by its failure
-            st.state = branch_status(st.state, submitted[name][1], st.reason)
+        # a WSD branch: waiting for its parent, or stopped by its failure
+        st.state = branch_status(st.state, submitted[name][1] if name in submitted else info,
+                                 st.reason)
         rungs.append(st)
     final = None
     if latest.get("final"):
