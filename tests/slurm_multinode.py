@@ -10,9 +10,12 @@ namespace, so this cluster never collides with :class:`LocalSlurmCluster` (6817/
 both can run at once, in one pytest session too; its own lock file serialises two-node clusters.
 Nothing global is edited (no /etc/hosts): SLURM reaches the nodes by ``NodeAddr``.
 
-All nodes share the machine's hostname, which resolves to no address of a node's namespace, so
-gloo must be told its interface (``GLOO_SOCKET_IFNAME=ladder0``, :data:`IFNAME`), as on a real
-cluster whose hostnames resolve to the wrong network.
+Each node has a second interface, ``ladder1`` (:data:`WRONG_IFNAME`, 10.78.0.x), that reaches no
+other node, and its own hostname (``n0``, ``n1``: a UTS namespace) that resolves to that wrong
+address (its own /etc/hosts, bind-mounted in a mount namespace): as on a cluster whose hostnames
+resolve to the management network while the rung must meet on another. gloo binds the hostname's
+address unless told its interface; the rendered job derives it on each node from the route to
+MASTER_ADDR (ladder/sweep/slurm_script.py), so a rung completes only if that works.
 
 Needs root (CAP_NET_ADMIN) and iproute2; :class:`SlurmUnavailable` (a skip) otherwise.
 Standalone: ``python tests/slurm_multinode.py`` prints SLURM_CONF=...; Ctrl-C tears it down.
@@ -37,6 +40,8 @@ from tests.slurm_cluster import (PARTITION, LocalSlurmCluster, SlurmUnavailable,
 BRIDGE = "ladder-br0"
 CTL_NS = "ladder-ctl"
 IFNAME = "ladder0"  # the interface inside every namespace
+WRONG_IFNAME = "ladder1"  # a second interface per node, connected to nothing; the hostname's
+WRONG_SUBNET = "10.78.0"
 SUBNET = "10.77.0"
 HOST_ADDR = f"{SUBNET}.253"  # the root namespace on the bridge (clients)
 CTL_ADDR = f"{SUBNET}.254"
@@ -93,9 +98,14 @@ class TwoNodeSlurmCluster(LocalSlurmCluster):
             log = self.root / "log"
             self._spawn("slurmctld", [*_in(CTL_NS), _which("slurmctld"), "-D", "-i", "-f",
                                       str(self.conf)], log / "slurmctld.out")
-            for node, (ns, _) in NODES.items():
-                self._spawn(f"slurmd-{node}", [*_in(ns), _which("slurmd"), "-D", "-N", node,
-                                               "-f", str(self.conf)], log / f"slurmd-{node}.out")
+            for i, (node, (ns, _)) in enumerate(NODES.items()):
+                hosts = self.root / f"hosts-{node}"  # the node's hostname on its wrong interface
+                hosts.write_text(f"127.0.0.1 localhost\n{WRONG_SUBNET}.{i + 1} {node}\n")
+                node_setup = (f'mount --bind "$1" /etc/hosts && hostname {node} && exec "$2" -D -N {node} '
+                              f'-f "$3"')
+                self._spawn(f"slurmd-{node}", [*_in(ns), _which("unshare"), "--mount", "--uts", "--",
+                                               "sh", "-c", node_setup, "node-setup", str(hosts),
+                                               _which("slurmd"), str(self.conf)], log / f"slurmd-{node}.out")
             self.wait_idle()
         except BaseException:
             self.stop()
@@ -132,6 +142,11 @@ class TwoNodeSlurmCluster(LocalSlurmCluster):
             _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", IFNAME)
             _ip("-n", ns, "link", "set", IFNAME, "up")
             _ip("-n", ns, "link", "set", "lo", "up")
+            if ns != CTL_NS:  # the wrong network: a veth pair within the node, reaching nothing
+                _ip("-n", ns, "link", "add", WRONG_IFNAME, "type", "veth", "peer", "name", f"{WRONG_IFNAME}p")
+                _ip("-n", ns, "addr", "add", f"{WRONG_SUBNET}.{i}/24", "dev", WRONG_IFNAME)
+                _ip("-n", ns, "link", "set", WRONG_IFNAME, "up")
+                _ip("-n", ns, "link", "set", f"{WRONG_IFNAME}p", "up")
 
     def _delete_network(self) -> None:
         """Kill what still runs in our namespaces (only this cluster's processes can), delete

@@ -1,8 +1,9 @@
 """A 2-node x 1-process rung through the real `ladder sweep --backend slurm` path, on a two-node
 SLURM cluster whose nodes are network namespaces (tests/slurm_multinode.py): sbatch -> srun on
 both nodes -> `accelerate launch --machine_rank $SLURM_NODEID` -> one gloo process group across
-the namespaces. It must end on the validation losses of a 1-node x 2-process rung of the same
-recipe (submitted alongside, on the same cluster). `pytest -m slurm`; timing in docs/slurm.md."""
+the namespaces, although each node's hostname resolves to an interface that reaches no other
+node (the job gives gloo the interface that carries MASTER_ADDR). It must end on the validation
+losses of a 1-node x 2-process rung of the same recipe (submitted alongside, on the same cluster). `pytest -m slurm`; timing in docs/slurm.md."""
 
 import json
 import os
@@ -30,10 +31,9 @@ RECIPE = {
     "train": {"seq_len": 32, "batch_tokens": 512, "micro_batch_size": 8, "cpu_threads": 1},
     "evaluation": {"count": 4, "early": 0, "batch_size": 16},
     "tracking": {"log_interval": 2},
-    # The nodes share the machine's hostname, which resolves to no address of theirs: gloo is
-    # told its interface, as on a cluster whose hostnames resolve to the wrong network.
-    "slurm": {"cpus_per_task": 1, "time": "00:20:00", "max_retries": 0,
-              "setup": [f"export GLOO_SOCKET_IFNAME={IFNAME}"]},
+    # Each node's hostname resolves to its second interface, which reaches no other node; nothing
+    # here names the right one: the job derives it from the route to MASTER_ADDR.
+    "slurm": {"cpus_per_task": 1, "time": "00:20:00", "max_retries": 0},
 }
 
 two_node_cluster = pytest.fixture(scope="module")(two_node_cluster_fixture)
@@ -105,6 +105,9 @@ def test_two_node_rung_joins_one_process_group_and_matches_one_node(tmp_path, tw
         assert run_state(run_dir).done, f"{name} did not finish\n{_logs(tmp_path / name)}"
         assert json.loads((run_dir / "run.json").read_text())["num_processes"] == 2
         assert "rung exited with 0 (outcome: completed)" in _logs(tmp_path / name)
+    logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "two-nodes" / "slurm" / "logs").glob("*.log"))
+    for node_id in (0, 1):  # each node derived the interface on its own route to the master
+        assert f"[ladder] node {node_id}: GLOO_SOCKET_IFNAME={IFNAME} NCCL_SOCKET_IFNAME={IFNAME}" in logs
     # SLURM ran the 2-node step on both slurmds (their own logs say so)
     job = json.loads((tmp_path / "two-nodes" / "slurm" / "jobs.json").read_text())
     job_id = job["submissions"][-1]["arrays"][0]["job_id"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -339,3 +340,71 @@ def test_local_argv_uses_accelerate_only_for_several_devices(tmp_path):
                                 "--no_python", *four.argv]
     with pytest.raises(JobSpecError, match="2 nodes cannot run locally"):
         local_argv(_job(tmp_path, "c", Resources(nodes=2, gpus_per_node=1)))
+
+
+def _ifname_block(tmp_path) -> str:
+    sweep = SlurmSweep(tmp_path / "s", [_job(tmp_path, "1B-1xC", Resources(nodes=2, gpus_per_node=8))])
+    script = sweep.render_array(sweep.groups[0])
+    return script[script.index("# the interface that carries MASTER_ADDR"):script.index("export -f ladder_ifname")]
+
+
+@pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2's ip")
+def test_interface_carrying_the_master_address_from_this_machines_routes(tmp_path):
+    """The rendered ``ladder_ifname`` against this machine's real routing table: the loopback
+    address is on lo; this machine's own address is on the interface holding it (its route
+    goes through lo); another address leaves by the interface of its route."""
+    block = _ifname_block(tmp_path)
+    own = subprocess.run(["ip", "-o", "-4", "addr", "show", "scope", "global"], capture_output=True,
+                         text=True).stdout.split()
+    cases = {"127.0.0.1": "lo"}
+    if own:
+        cases[own[3].split("/")[0]] = own[1]
+    route = subprocess.run(["ip", "-o", "route", "get", "192.0.2.7"], capture_output=True, text=True).stdout.split()
+    if "dev" in route:
+        cases["192.0.2.7"] = route[route.index("dev") + 1]
+    for addr, dev in cases.items():
+        assert _bash_argv(block + f'printf "%s\\0" "$(ladder_ifname {addr})"') == [dev], addr
+
+
+FAKE_IP = r"""#!/bin/bash
+# a node with two interfaces: eth0 (10.0.0.5, where its hostname resolves) and ib0 (10.77.0.2);
+# MASTER_ADDR 10.77.0.1 is on ib0's network
+case "$*" in
+  "-o route get 10.77.0.1") echo "10.77.0.1 dev ib0 src 10.77.0.2 uid 0 \    cache";;
+  "-o route get 10.77.0.2") echo "local 10.77.0.2 dev lo table local src 10.77.0.2 uid 0 \    cache <local>";;
+  "-o addr show to 10.77.0.2") echo "3: ib0    inet 10.77.0.2/24 brd 10.77.0.255 scope global ib0\       valid_lft forever";;
+  *) exit 1;;
+esac
+"""
+
+
+@pytest.mark.parametrize("preset, expected", [
+    ({}, ["ib0", "ib0"]),  # derived on each node from its route to MASTER_ADDR
+    ({"GLOO_SOCKET_IFNAME": "eth9"}, ["eth9", "ib0"]),  # the job's own choice is kept
+    ({"NCCL_SOCKET_IFNAME": "ib1"}, ["ib0", "ib1"]),
+])
+def test_each_node_gives_gloo_and_nccl_the_interface_to_the_master(tmp_path, preset, expected):
+    """A node whose hostname resolves on eth0 while MASTER_ADDR is on ib0: the srun step of a
+    multi-node rung exports GLOO_SOCKET_IFNAME (and NCCL_SOCKET_IFNAME when unset) = ib0 before
+    starting accelerate; without it gloo binds the hostname's address and the rung hangs."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "ip").write_text(FAKE_IP)
+    fake_python = tmp_path / "bin" / "python3"  # records what accelerate would be started with
+    fake_python.write_text('#!/bin/bash\nprintf "%s\\0" "$GLOO_SOCKET_IFNAME" "$NCCL_SOCKET_IFNAME"\n')
+    for f in ("ip", "python3"):
+        (tmp_path / "bin" / f).chmod(0o755)
+    block = _ifname_block(tmp_path)
+    job = Job("1B-1xC", [str(fake_python), "-m", "ladder", "train"], tmp_path / "r", Resources(nodes=2, gpus_per_node=8))
+    sweep = SlurmSweep(tmp_path / "s2", [job])
+    script = sweep.render_array(sweep.groups[0])
+    start = script.index("# accelerate from")
+    launch = script[start:script.index(" &\n", start)]
+    snippet = (block + "export -f ladder_ifname\n"
+               "srun() { while [[ $1 == --* ]]; do shift; done; SLURM_NODEID=1 \"$@\"; }\n"
+               f"CMD=({fake_python} -m ladder train)\n"
+               "export MASTER_ADDR=10.77.0.1 MASTER_PORT=23456\n" + launch)
+    env = {"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "GLOO_SOCKET_IFNAME": "",
+           "NCCL_SOCKET_IFNAME": "", **preset}
+    got = _bash_argv(snippet, env)
+    assert got == expected
+    assert _bash_argv(block + 'printf "%s\\0" "$(ladder_ifname 10.77.0.2)"', env) == ["ib0"]  # the master itself

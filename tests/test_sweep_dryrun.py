@@ -111,3 +111,35 @@ def test_tokenizer_check_says_whether_the_nodes_need_the_hub(tmp_path, monkeypat
     assert c.ok and "in the local Hugging Face cache, used as is" in c.detail, c.detail
     c = _tokenizer_check(load_recipe(RECIPE))  # allenai/dolma2-tokenizer, not cached here
     assert c.ok and "nodes need the network" in c.detail and "hf download" in c.detail, c.detail
+
+
+def test_plan_says_which_rungs_fit_the_gpu_and_which_micro_batch_would(tokens, tmp_path, ladder_here):
+    """The estimate with the CUDA context and workspaces, against what an 80 GB card really has
+    (79.2 GiB): 760M at micro-batch 16 does not fit, and the plan names the largest micro-batch
+    that does; the other sizes fit, with their margins. (At the recipe's micro-batch of 4, 760M
+    was 71.6 GiB against a bare 72 GiB check, with nothing for the context.)"""
+    from ladder.recipe import load_recipe
+    from ladder.sweep.checks import size_estimates
+    from ladder.sweep.estimate import GPU_RESERVED_BYTES, memory_estimate
+    from ladder.sweep.plan import plan_sweep
+    from ladder.sweep.slurm_backend import SlurmBackend
+
+    over = [tokens, "parallel.sizes.760M.micro_batch_size=16"]
+    r = ladder_here("plan", RECIPE, *over, OFFLINE_TOKENIZER, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rows = {line.split()[0]: line for line in r.stdout.split("per size")[1].splitlines()[2:] if line.strip()}
+    row = rows["760M"]
+    plan = plan_sweep(load_recipe(RECIPE, over))
+    est = size_estimates(plan, SlurmBackend.from_plan(plan))
+    m, (_, procs, micro, _), fit = est["760M"]
+    assert micro == 16 and not fit["fits"] and m.reserved == GPU_RESERVED_BYTES
+    better = fit["suggest"]
+    assert better and better < 16 and f"NO, over {-fit['margin'] / 2**30:.1f} GiB: micro {better} fits" in row
+    run = next(x for _, x in plan.all_runs() if x.size == "760M")
+    kw = dict(processes=procs, fsdp=False, bf16=True, gpu=True)
+    assert memory_estimate(run, micro_batch=better, **kw).total <= 79.2 * 2**30  # it does fit
+    bigger = min(m for m in range(better + 1, 17) if (run.batch_seqs // procs) % m == 0)
+    assert memory_estimate(run, micro_batch=bigger, **kw).total > 79.2 * 2**30  # and is the largest
+    for size in ("190M", "370M", "1B"):
+        assert est[size][2]["fits"], size
+    assert "yes, " in rows["190M"] and "GiB margin" in rows["190M"]

@@ -31,6 +31,9 @@ RECIPE = {
 }
 
 
+PINNED_PEAK = "2e10"  # FLOP/s per process, the same for every run here: MFUs compare like with like
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
@@ -49,7 +52,9 @@ def baseline(tmp_path_factory, recipe_file, cache):
     from ladder.train.loop import train
 
     out = tmp_path_factory.mktemp("baseline") / "run"
-    result = train(load_recipe(recipe_file), out=out, cache=cache, progress=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LADDER_PEAK_FLOPS", PINNED_PEAK)
+        result = train(load_recipe(recipe_file), out=out, cache=cache, progress=False)
     return result, read_run(out)
 
 
@@ -446,7 +451,7 @@ def _free_port() -> int:
 def test_two_processes_equal_one(baseline, recipe_file, cache, tmp_path):
     """accelerate launch with 2 CPU processes (gloo), same global batch: same loss curve."""
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "LADDER_CACHE": str(cache)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LADDER_CACHE": str(cache), "LADDER_PEAK_FLOPS": PINNED_PEAK}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(ROOT / "launch/accelerate/cpu-2proc.yaml"), "--main_process_port", str(_free_port()),
            "-m", "ladder", "train", str(recipe_file), "--out", str(out), "--no-progress"]
@@ -455,6 +460,10 @@ def test_two_processes_equal_one(baseline, recipe_file, cache, tmp_path):
     meta = json.loads((out / "run.json").read_text())
     assert meta["num_processes"] == 2 and meta["batch_tokens"] == 1024
     assert_same_as_baseline(out, baseline)
+    # MFU: the global batch's FLOPs over both processes' peaks. Each process (one thread) does
+    # half the work of one process in about half the time: the same MFU, not twice it.
+    mfu = read_run(out).evals["throughput/mfu"].median(), baseline[1].evals["throughput/mfu"].median()
+    assert 0.75 < mfu[0] / mfu[1] < 1.25 and max(mfu) <= 1, mfu
 
 
 @pytest.mark.slow
@@ -487,6 +496,19 @@ def test_compiled_run_resumes_exactly_and_tracks_eager(baseline, recipe_file, ca
     assert again.returncode == 0, again.stderr
     assert "resuming" in again.stdout + again.stderr
     assert_same_as_baseline(out, (ref, compiled))
+
+
+@pytest.mark.parametrize("name,peak", [
+    ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H100 NVL", 835e12),
+    ("NVIDIA H200", 989e12), ("NVIDIA A100-SXM4-40GB", 312e12), ("NVIDIA A100 80GB PCIe", 312e12),
+    ("NVIDIA L40S", 362e12), ("NVIDIA L40", 181e12), ("NVIDIA L4", 121e12), ("Tesla T4", None),
+])
+def test_gpu_peaks_match_the_part(name, peak):
+    """Dense bf16 peaks per device name: a PCIe or NVL H100 is not an SXM one, an L40 is neither
+    an L40S nor an L4; an unknown device has no peak (no MFU), not a guess."""
+    from ladder.train.tracking import gpu_peak_flops
+
+    assert gpu_peak_flops(name)[0] == peak
 
 
 def test_built_model_has_the_planned_n():

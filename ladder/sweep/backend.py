@@ -66,8 +66,9 @@ class Backend(Protocol):
     def device_memory_gib(self, size: str) -> float | None:
         """Memory of one device a rung of ``size`` gets, where the backend knows it."""
 
-    def checks(self, plan: SweepPlan, estimates: dict[str, float]) -> list[Check]:
-        """Checks only this backend can make (``estimates``: size -> bytes per process)."""
+    def checks(self, plan: SweepPlan, estimates: dict) -> list[Check]:
+        """Checks only this backend can make (``estimates``: per size, the memory estimate per
+        process, the parallel settings and whether it fits the device: sweep/checks.py)."""
 
     def render(self, sweep: Sweep, options: LaunchOptions) -> str:
         """What :meth:`launch` would run or submit, for ``--dry-run``; writes nothing."""

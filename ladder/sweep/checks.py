@@ -3,8 +3,8 @@ a mistake found after the ladder trained (nothing to predict, no GPU requested, 
 costs the whole ladder's compute.
 
 Checks: targets defined; the tasks to predict resolve and their request data is installed; the
-tokenizer and the training data are reachable from here; then the backend's own (SLURM: every
-GPU-sized rung asks for GPUs, and fits their memory when ``slurm.gpu_memory_gib`` is given)."""
+tokenizer and the training data are reachable from here; every GPU-sized rung asks for GPUs (and
+fits their memory when ``slurm.gpu_memory_gib`` is given)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from pathlib import Path
 from ladder.units import si, text_table
 
 GIB = 2 ** 30
-GPU_HEADROOM = 0.9  # of a GPU's memory for the estimate: CUDA context, fragmentation
 
 
 @dataclass
@@ -105,9 +104,9 @@ def _data_check(recipe) -> Check:
     return Check("data", True, f"{len(files)} file(s)")
 
 
-def gpu_checks(plan, backend, estimates: dict[str, float]) -> list[Check]:
+def gpu_checks(plan, backend, estimates: dict) -> list[Check]:
     """A cluster backend's checks: every GPU-sized rung asks for GPUs, and fits their memory
-    where the backend knows it (``backend.device_memory_gib``)."""
+    where the backend knows it (``backend.device_memory_gib``; ``estimates``: size_estimates)."""
     from ladder.presets import get_preset
 
     out = []
@@ -117,11 +116,9 @@ def gpu_checks(plan, backend, estimates: dict[str, float]) -> list[Check]:
             out.append(Check(f"GPUs for {size}", False, f"{backend.name}: a {size} rung asks for "
                              f"no GPU (set {backend.name}.sizes.{size}.gpus_per_node)"))
             continue
-        gib = backend.device_memory_gib(size)
-        if gib and estimates[size] > GPU_HEADROOM * gib * GIB:
-            out.append(Check(f"memory of {size}", False, f"estimated {estimates[size] / GIB:.1f} GiB "
-                             f"per GPU > {GPU_HEADROOM:.0%} of {gib} GiB: lower parallel.sizes.{size}."
-                             f"micro_batch_size, or use activation_checkpointing / strategy: fsdp"))
+        fit = estimates[size][2]
+        if fit is not None and res.gpus_per_node:
+            out.append(Check(f"memory of {size}", fit["fits"], fit["line"]))
     return out
 
 
@@ -132,8 +129,7 @@ def presubmit_checks(plan, *, predict: bool, backend=None) -> list[Check]:
                     else "the recipe has no 'targets' to predict")]
     checks += [_tasks_check(plan.recipe, predict), _tokenizer_check(plan.recipe), _data_check(plan.recipe)]
     if backend is not None:
-        est = {size: m.total for size, (m, _) in size_estimates(plan, backend).items()}
-        checks += backend.checks(plan, est)
+        checks += backend.checks(plan, size_estimates(plan, backend))
     return checks
 
 
@@ -141,7 +137,10 @@ def presubmit_checks(plan, *, predict: bool, backend=None) -> list[Check]:
 
 
 def size_estimates(plan, backend=None) -> dict:
-    """size -> (memory estimate per process, parallel settings) for every size the sweep trains."""
+    """size -> (memory estimate per process, parallel settings, fit) for every size the sweep
+    trains; ``fit`` (None where the backend knows no device memory, e.g. without
+    ``slurm.gpu_memory_gib``) says whether the estimate fits the GPU's real capacity, with what
+    margin, and which micro-batch would."""
     from ladder.sweep.estimate import memory_estimate
     from ladder.train.parallel import parallel_config
 
@@ -153,28 +152,54 @@ def size_estimates(plan, backend=None) -> dict:
         s = par.for_size(r.size)
         res = backend.resources(r.size) if backend is not None else None
         procs = res.num_processes if res is not None else 1
-        per_proc = r.batch_seqs // procs
-        micro = min(s.micro_batch_size or plan.recipe.train.micro_batch_size, max(1, per_proc))
-        bf16 = plan.recipe.train.precision == "bf16" or (
-            plan.recipe.train.precision == "auto" and res is not None and res.gpus_per_node > 0)
-        out[r.size] = (memory_estimate(r, micro_batch=micro, processes=procs, fsdp=s.strategy == "fsdp",
-                                       bf16=bf16, activation_checkpointing=s.activation_checkpointing),
-                       (s, procs, micro, bf16))
+        per_proc = max(1, r.batch_seqs // procs)
+        micro = min(s.micro_batch_size or plan.recipe.train.micro_batch_size, per_proc)
+        gpu = res is not None and res.gpus_per_node > 0
+        bf16 = plan.recipe.train.precision == "bf16" or (plan.recipe.train.precision == "auto" and gpu)
+        kw = dict(processes=procs, fsdp=s.strategy == "fsdp", bf16=bf16,
+                  activation_checkpointing=s.activation_checkpointing, gpu=gpu)
+        m = memory_estimate(r, micro_batch=micro, **kw)
+        gib = backend.device_memory_gib(r.size) if gpu else None
+        out[r.size] = (m, (s, procs, micro, bf16), _fit(r, m, gib, micro, per_proc, kw) if gib else None)
     return out
+
+
+def _fit(run, m, gib: float, micro: int, per_proc: int, kw: dict) -> dict:
+    """Does estimate ``m`` fit a GPU sold as ``gib`` GB, with what margin; if not, the largest
+    micro-batch that would."""
+    from ladder.sweep.estimate import fitting_micro_batch, gpu_capacity
+
+    cap = gpu_capacity(gib)
+    margin = cap - m.total
+    size = run.size
+    line = (f"estimated {m.total / GIB:.1f} GiB per GPU (with {m.reserved / GIB:.1f} GiB for the CUDA "
+            f"context and workspaces) of {cap / GIB:.1f} GiB usable on a {gib} GB GPU: ")
+    if margin >= 0:
+        return {"fits": True, "margin": margin, "suggest": None,
+                "line": line + f"fits, {margin / GIB:.1f} GiB margin"}
+    better = fitting_micro_batch(run, cap, micro_batch=micro, per_process=per_proc, **kw)
+    fix = (f"parallel.sizes.{size}.micro_batch_size: {better} fits" if better else
+           f"no micro-batch fits: use activation_checkpointing or strategy: fsdp for {size}")
+    return {"fits": False, "margin": margin, "suggest": better,
+            "line": line + f"over by {-margin / GIB:.1f} GiB; {fix}"}
 
 
 def size_report(plan, backend=None) -> str:
     head = ("size", "nodes", "GPUs/node", "procs", "strategy", "micro", "act.ckpt", "time", "mem",
-            "partition", "est. GiB/proc", "(params+grads+optim / activations / logits)")
+            "partition", "est. GiB/proc", "(params+grads+optim / activations / logits)", "fits GPU")
     rows = [head]
-    for size, (m, (s, procs, micro, bf16)) in size_estimates(plan, backend).items():
+    for size, (m, (s, procs, micro, bf16), fit) in size_estimates(plan, backend).items():
         res = backend.resources(size) if backend is not None else None
+        fits = "-" if fit is None else (
+            f"yes, {fit['margin'] / GIB:.1f} GiB margin" if fit["fits"] else
+            f"NO, over {-fit['margin'] / GIB:.1f} GiB: " + (f"micro {fit['suggest']} fits" if fit["suggest"]
+                                                             else "act.ckpt or fsdp"))
         rows.append((size, str(res.nodes if res else 1), str(res.gpus_per_node if res else 0), str(procs),
                      s.strategy, str(micro), "yes" if s.activation_checkpointing else "no",
                      (res.time or "-") if res else "-", (res.mem or "-") if res else "-",
                      (res.partition or "-") if res else "-", f"{m.total / GIB:.1f}",
-                     f"{(m.params + m.grads + m.optimizer) / GIB:.1f} / {m.activations / GIB:.1f} / "
-                     f"{m.logits / GIB:.1f}" + (" bf16" if bf16 else " fp32")))
+                     f"{(m.params + m.grads + m.optimizer + m.gathered) / GIB:.1f} / {m.activations / GIB:.1f} / "
+                     f"{m.logits / GIB:.1f}" + (" bf16" if bf16 else " fp32"), fits))
     return text_table(rows)
 
 

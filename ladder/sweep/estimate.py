@@ -1,16 +1,26 @@
 """Before a GPU-hour is spent: memory per process and the evaluation share of FLOPs per rung.
 
 Memory (bytes per process, the figure to hold against a GPU's memory):
-  params     fp32 master weights, 4 B/param (FSDP: / processes)
-  grads      fp32, 4 B/param (FSDP: / processes; DDP with several processes adds its bucket copy)
+  params     fp32 master weights, 4 B/param (FSDP: / processes); under bf16 autocast without
+             FSDP, autocast's cache of each weight's bf16 copy (2 B/param) for the forward
+  grads      fp32, 4 B/param (FSDP: / processes: its gradients are reduce-scattered every
+             micro-batch, never kept whole; DDP with several processes adds its bucket copy)
   optimizer  AdamW's two fp32 moments, 8 B/param (FSDP: / processes)
+  gathered   FSDP only: the unsharded parameters (the root's embedding, head and final norm for
+             the whole step, two decoder layers at a time) in the compute dtype, and the
+             unsharded fp32 gradients of the root and one layer before their reduce-scatter
   activations  saved for backward per micro-batch: per token and layer 16 d + 4 f values (the
              attention inputs/outputs, the four RMSNorms' inputs and normalised outputs, the
              SwiGLU's three f-wide tensors and its product; counted with saved-tensor hooks on
              Olmo2 layers); bf16 autocast stores the matmul inputs in bf16 and the norms in fp32.
              Activation checkpointing keeps each layer's input and one layer's activations.
-  logits     the loss's peak: logits, their fp32 copy and softmax, the saved gradient
-CUDA's context and allocator fragmentation come on top (~1-3 GiB on a GPU).
+  logits     the loss's peak: it runs head and cross-entropy in chunks of tokens
+             (ladder/train/loss.py), so one chunk's logits, their fp32 copy and softmax, and the
+             head's fp32 gradient (plus its bf16 copy under bf16)
+  reserved   on a GPU, what the CUDA context, NCCL and the cuBLAS/cuDNN workspaces take besides
+             the tensors (GPU_RESERVED_BYTES)
+Held against a GPU's real capacity (:func:`gpu_capacity`: an "80 GB" card has 79.2 GiB), not its
+name's figure; allocator fragmentation is the margin left over.
 
 Evaluation share: forward FLOPs of every evaluation (validation sequences and the task rows the
 scorer really runs, counted from the tokenised requests) over the run's training FLOPs.
@@ -21,6 +31,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 GIB = 2 ** 30
+GPU_RESERVED_BYTES = 2.5 * GIB  # CUDA context ~0.5-1 GiB, NCCL buffers, cuBLAS/cuDNN workspaces
+# What torch.cuda.get_device_properties().total_memory reports for a card sold as N GB (the
+# figure the recipe's slurm.gpu_memory_gib names), rounded down; other sizes: 99% of N.
+GPU_CAPACITY_GIB = {24: 22.0, 40: 39.4, 48: 44.4, 80: 79.2, 94: 93.0, 141: 139.7}
+
+
+def gpu_capacity(nominal_gib: float) -> float:
+    """Bytes a GPU sold as ``nominal_gib`` GB really has for a process."""
+    return GPU_CAPACITY_GIB.get(int(nominal_gib), 0.99 * nominal_gib) * GIB
 
 
 @dataclass
@@ -30,14 +49,18 @@ class MemoryEstimate:
     optimizer: float
     activations: float
     logits: float
+    gathered: float = 0.0
+    reserved: float = 0.0
 
     @property
     def total(self) -> float:
-        return self.params + self.grads + self.optimizer + self.activations + self.logits
+        return (self.params + self.grads + self.optimizer + self.gathered + self.activations
+                + self.logits + self.reserved)
 
     def to_json(self) -> dict[str, float]:
         return {"params": self.params, "grads": self.grads, "optimizer": self.optimizer,
-                "activations": self.activations, "logits": self.logits, "total": self.total}
+                "gathered": self.gathered, "activations": self.activations, "logits": self.logits,
+                "reserved": self.reserved, "total": self.total}
 
 
 def activation_bytes_per_token_layer(d: int, f: int, bf16: bool) -> float:
@@ -45,9 +68,20 @@ def activation_bytes_per_token_layer(d: int, f: int, bf16: bool) -> float:
     return 2 * values + 4 * 8 * d if bf16 else 4 * values
 
 
+def loss_bytes(tokens: int, vocab: int, d: int, bf16: bool) -> float:
+    """Peak of the chunked head + cross-entropy (ladder/train/loss.py) beyond the activations."""
+    from ladder.train.loss import chunk_tokens
+
+    chunk = chunk_tokens(tokens, vocab, d)
+    per_logit = 10 if bf16 else 8  # logits (bf16) -> fp32 copy -> softmax, in place as the gradient
+    head = vocab * d * (4 + 2 + 2 if bf16 else 4)  # fp32 gradient; bf16: the weight's copy and the gradient's
+    return chunk * vocab * per_logit + head + tokens * d * (2 if bf16 else 4)  # + the hidden states' gradient
+
+
 def memory_estimate(plan, *, micro_batch: int, processes: int, fsdp: bool, bf16: bool,
-                    activation_checkpointing: bool = False) -> MemoryEstimate:
-    """Peak bytes per process of one training step of ``plan`` (a RunPlan)."""
+                    activation_checkpointing: bool = False, gpu: bool = False) -> MemoryEstimate:
+    """Peak bytes per process of one training step of ``plan`` (a RunPlan); ``gpu`` adds the
+    CUDA context and library workspaces."""
     from ladder.presets import get_preset
 
     preset = get_preset(plan.size)
@@ -55,16 +89,32 @@ def memory_estimate(plan, *, micro_batch: int, processes: int, fsdp: bool, bf16:
     shard = processes if fsdp else 1
     params, optim = 4 * n_all / shard, 8 * n_all / shard
     grads = 4 * n_all / shard * (2 if processes > 1 and not fsdp else 1)
-    tokens = micro_batch * plan.recipe.train.seq_len
     d, f, layers = preset.d_model, preset.mlp_hidden, preset.n_layers
+    gathered = 0.0
+    if fsdp:
+        layer = 4 * d * d + 3 * d * f + 4 * d
+        root = n_all - layers * layer
+        gathered = (root + 2 * layer) * (2 if bf16 else 4) + (root + layer) * 4
+    elif bf16:
+        params += 2 * n_all  # autocast's bf16 copies of the weights, cached through the forward
+    tokens = micro_batch * plan.recipe.train.seq_len
     per_layer = tokens * activation_bytes_per_token_layer(d, f, bf16)
     if activation_checkpointing:
         acts = layers * tokens * d * (2 if bf16 else 4) + per_layer
     else:
         acts = layers * per_layer
     acts += 2 * tokens * d * 4  # embedding output and final norm
-    logits = tokens * plan.vocab_size * (12 if bf16 else 8)
-    return MemoryEstimate(params, grads, optim, acts, logits)
+    return MemoryEstimate(params, grads, optim, acts, loss_bytes(tokens, plan.vocab_size, d, bf16),
+                          gathered, GPU_RESERVED_BYTES if gpu else 0.0)
+
+
+def fitting_micro_batch(plan, capacity: float, *, micro_batch: int, per_process: int, **kw) -> int | None:
+    """The largest micro-batch up to ``micro_batch`` that divides ``per_process`` sequences and
+    whose estimate fits ``capacity`` bytes; None if not even 1 does."""
+    for m in range(min(micro_batch, per_process), 0, -1):
+        if per_process % m == 0 and memory_estimate(plan, micro_batch=m, **kw).total <= capacity:
+            return m
+    return None
 
 
 def forward_flops_per_token(plan) -> float:

@@ -279,7 +279,7 @@ class LocalBackend:
     def device_memory_gib(self, size: str) -> float | None:
         return None
 
-    def checks(self, plan, estimates: dict[str, float]) -> list:
+    def checks(self, plan, estimates: dict) -> list:
         return []
 
     def render(self, sweep: Sweep, options) -> str:

@@ -33,7 +33,7 @@ class SlurmBackend:
     def device_memory_gib(self, size: str) -> float | None:
         return self.config.gpu_memory_gib if self.resources(size).gpus_per_node else None
 
-    def checks(self, plan, estimates: dict[str, float]) -> list:
+    def checks(self, plan, estimates: dict) -> list:
         from ladder.sweep.checks import gpu_checks
 
         return gpu_checks(plan, self, estimates)

@@ -49,7 +49,36 @@ def rendezvous_lines() -> str:
         " | sed -n 's/.* NodeAddr=\\([^ ]*\\).*/\\1/p')\"\n"
         'MASTER_ADDR="${MASTER_ADDR:-$MASTER_NODE}"\n'
         "MASTER_PORT=$(( 20000 + SLURM_JOB_ID % 20000 ))\n"
-        "export MASTER_ADDR MASTER_PORT")
+        "export MASTER_ADDR MASTER_PORT\n" + ifname_function())
+
+
+def ifname_function() -> str:
+    """``ladder_ifname ADDR`` in bash: the network interface of this node that carries ADDR (the
+    one its route to ADDR leaves by; on the node that holds ADDR, the interface holding it).
+    Each node of a rung runs it for MASTER_ADDR and gives it to gloo (the checkpoint writer's
+    group, and the CPU rendezvous) and NCCL's bootstrap unless already set: both otherwise bind
+    to the address the node's hostname resolves to, which on a cluster may be another network
+    (management Ethernet while MASTER_ADDR is on InfiniBand), and hang at start until the
+    process-group timeout."""
+    return (
+        "# the interface that carries MASTER_ADDR on this node (run on each node of a rung)\n"
+        "ladder_ifname() {\n"
+        "  local addr dev\n"
+        "  addr=\"$(getent ahostsv4 \"$1\" 2>/dev/null | awk 'NR==1 {print $1}')\"; addr=\"${addr:-$1}\"\n"
+        "  dev=\"$(ip -o route get \"$addr\" 2>/dev/null | sed -n 's/.* dev \\([^ ]*\\).*/\\1/p' | head -n 1)\"\n"
+        "  if [ -z \"$dev\" ] || [ \"$dev\" = lo ]; then  # this node's own address: the interface holding it\n"
+        "    dev=\"$(ip -o addr show to \"$addr\" 2>/dev/null | awk 'NR==1 {print $2}')\"\n"
+        "  fi\n"
+        "  echo \"$dev\"\n"
+        "}\n"
+        "export -f ladder_ifname")
+
+
+# each node: gloo's and NCCL's interface from its route to MASTER_ADDR, unless the job set them
+_NODE_IFNAME = ('d="$(ladder_ifname "$MASTER_ADDR")"; if [ -n "$d" ]; then '
+                'export GLOO_SOCKET_IFNAME="${GLOO_SOCKET_IFNAME:-$d}" NCCL_SOCKET_IFNAME="${NCCL_SOCKET_IFNAME:-$d}"; '
+                'echo "[ladder] node $SLURM_NODEID: GLOO_SOCKET_IFNAME=$GLOO_SOCKET_IFNAME '
+                'NCCL_SOCKET_IFNAME=$NCCL_SOCKET_IFNAME" >&2; fi; ')
 
 
 def _comment(text: object) -> str:
@@ -105,7 +134,7 @@ def _launch_line(r: Resources) -> str:
             "# one task per node; each passes its own SLURM_NODEID as the machine rank. The launcher\n"
             "# ignores USR1 (inherited through exec) so only the trainer processes act on it.\n"
             f"srun --nodes={r.nodes} --ntasks-per-node=1{cpus} --kill-on-bad-exit=1 "
-            "bash -c 'trap \"\" USR1; n=$1; shift; exec \"${@:1:n}\" --machine_rank \"$SLURM_NODEID\" "
+            "bash -c '" + _NODE_IFNAME + "trap \"\" USR1; n=$1; shift; exec \"${@:1:n}\" --machine_rank \"$SLURM_NODEID\" "
             "--no_python \"${@:n+1}\"' ladder-rank \"${#ACCEL[@]}\" \"${ACCEL[@]}\" \"${CMD[@]}\"")
 
 

@@ -31,10 +31,9 @@ from ladder.integrity import storage_error
 from ladder.recipe import Recipe
 from ladder.runplan import RunPlan, run_eval_steps
 from ladder.train.divergence import DivergenceMonitor, LossDiverged
-from ladder.train.loss import next_token_loss
-from ladder.train.parallel import parallel_config
+from ladder.train.parallel import is_fsdp, parallel_config
 from ladder.train.saver import CheckpointSaver, take_snapshot
-from ladder.train.setup import RunContext, setup
+from ladder.train.setup import RunContext, eval_module, setup
 from ladder.train.status import Preempted
 
 LR = "optim/learning_rate_group0"
@@ -204,11 +203,18 @@ class Trainer:
         from ladder.train.tracking import peak_flops
 
         self.ctx, self.cadence = ctx, cadence
-        self.peak, _ = peak_flops(ctx.accelerator.device)
+        acc = ctx.accelerator
+        peak, how = peak_flops(acc.device)
+        # MFU: the model FLOPs of the global batch over every process's peak (the tokens counted
+        # are the global batch's)
+        self.peak = peak * acc.num_processes if peak else None
+        if peak is None:
+            acc.print(f"note: no peak FLOP/s known for {how}: MFU is not logged (set LADDER_PEAK_FLOPS "
+                      f"to the device's dense peak to log it)", file=sys.stderr)
         self.bar = _progress(ctx.accelerator, progress, ctx.step, ctx.plan)
         self.pending: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet checked on the host
         self.last_loss, self.lr, self.tps, self.mfu = float("nan"), float("nan"), 0.0, None
-        self.tokens, self.seconds = 0, 0.0  # since the last log
+        self.tokens, self.window = 0, None  # since the last log: tokens, start of the timed window
         self.gnorm: torch.Tensor | float = float("nan")
         self.monitor = DivergenceMonitor()
         self.last_status = time.monotonic()
@@ -232,11 +238,12 @@ class Trainer:
 
     def step(self, step: int) -> None:
         c = self.ctx
-        t0 = time.perf_counter()
+        if self.window is None:  # the window opens on a synced device: no earlier work in it
+            _device_sync(c.accelerator.device)
+            self.window = time.perf_counter()
         loss, self.gnorm = _train_step(c.model, c.optimizer, c.scheduler, c.accelerator, c.train_seqs,
                                        c.sampler.indices(step), c.micro, c.accum, c.recipe.optimizer.grad_clip)
         self.pending.append((step + 1, loss))
-        self.seconds += time.perf_counter() - t0
         self.tokens += c.plan.batch_tokens
 
     def agree(self, stop: bool, due: bool = False) -> tuple[bool, bool]:
@@ -265,7 +272,11 @@ class Trainer:
             c.report_progress(step)
             self.last_status = time.monotonic()
         self.pending.clear()
-        self.tps = self.tokens / max(self.seconds, 1e-9)
+        # the window closes after the device finished its steps (_check_losses synced the losses;
+        # a device sync covers the optimizer step queued after the last loss)
+        _device_sync(c.accelerator.device)
+        seconds = time.perf_counter() - self.window if self.window is not None else float("nan")
+        self.tps = self.tokens / max(seconds, 1e-9)
         self.mfu = c.plan.flops_per_token * self.tps / self.peak if self.peak else None
         self.lr = c.scheduler.get_last_lr()[0]
         if self.bar is not None:
@@ -276,7 +287,7 @@ class Trainer:
         c.accelerator.log({TRAIN_LOSS: self.last_loss, LR: self.lr, "throughput/tokens_per_second": self.tps,
                            **({"throughput/mfu": self.mfu} if self.mfu is not None else {}),
                            "optim/total_grad_norm": float(self.gnorm)}, step=step)
-        self.tokens, self.seconds = 0, 0.0
+        self.tokens, self.window = 0, None  # evaluation and checkpoints happen outside the windows
 
     def evaluate(self, step: int) -> None:
         """Validation CE/bpb and the task evaluator; one row appended to the run log."""
@@ -285,14 +296,13 @@ class Trainer:
                "throughput/tokens_per_second": self.tps}
         if self.mfu is not None:
             row["throughput/mfu"] = self.mfu
-        # the uncompiled module: eval mode and another batch size would recompile the model
-        row.update(_validation(getattr(c.model, "_orig_mod", c.model), c.accelerator, c.val_seqs, c.n_val,
+        row.update(_validation(eval_module(c.model), c.accelerator, c.val_seqs, c.n_val,
                                c.recipe.evaluation.batch_size, c.byte_len, c.data.name))
         if c.evaluator is not None:
             c.model.eval()
             # the unwrapped module has lost the autocast accelerate put on the prepared forward
             with c.accelerator.autocast():
-                row.update(c.evaluator(c.accelerator.unwrap_model(c.model), c.accelerator))
+                row.update(c.evaluator(eval_module(c.model), c.accelerator))
             c.model.train()
         if c.writer:
             c.writer.append(row)
@@ -339,12 +349,15 @@ def _train_step(model, optimizer, scheduler, accelerator, seqs: PackedSequences,
         batch = batch.pin_memory()
     batch = batch.to(device, non_blocking=True)
     loss_sum = torch.zeros((), device=device)
+    # DDP all-reduces once per step; FSDP reduce-scatters every micro-batch, so its gradients stay
+    # sharded (no_sync would hold the whole model's unsharded fp32 gradients between micro-batches)
+    defer_sync = accum > 1 and not is_fsdp(accelerator)
     for i in range(accum):
         x = batch[i * micro:(i + 1) * micro]
         last = i == accum - 1
-        with accelerator.no_sync(model) if not last else contextlib.nullcontext():
+        with accelerator.no_sync(model) if defer_sync and not last else contextlib.nullcontext():
             with accelerator.autocast():
-                loss = next_token_loss(model(input_ids=x).logits, x, scale=1 / accum)
+                loss = model(input_ids=x, loss_scale=1 / accum)
             accelerator.backward(loss)
         loss_sum += loss.detach()
     gnorm = accelerator.clip_grad_norm_(model.parameters(), clip)
@@ -377,6 +390,11 @@ def _validation(model, accelerator, seqs: PackedSequences, n_val: int, batch_siz
     model.train()
     prefix = f"eval/{name}-validation"
     return {f"{prefix}/CrossEntropyLoss": ce / n, f"{prefix}/bpb": ce / math.log(2) / max(nbytes, 1)}
+
+
+def _device_sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _check_losses(pending: list[tuple[int, torch.Tensor]], accelerator, monitor: DivergenceMonitor) -> float:

@@ -35,25 +35,45 @@ def default_run_dir(recipe: Recipe, plan: RunPlan) -> Path:
     return Path("runs") / recipe.name / plan.name
 
 
-def build_model(plan: RunPlan):
+def build_model(plan: RunPlan, *, meta: bool = False):
     """The rung's ``Olmo2ForCausalLM``, checked to have the N its plan (tokens, batch, LR, the
-    fits) was made with: the plan counts in closed form, without building the model."""
-    from transformers import Olmo2ForCausalLM
-
+    fits) was made with: the plan counts in closed form, without building the model. ``meta``:
+    its parameters on the meta device (no memory; their values come from another process), its
+    non-persistent buffers (RoPE's frequencies, in no state dict) real."""
     from ladder.presets import get_preset, model_params
+    from ladder.train.model import Olmo2ForCausalLM
 
     r = plan.recipe
     config = get_preset(plan.size).config(vocab_size=plan.vocab_size, seq_len=r.train.seq_len,
                                           initializer_range=r.model.init_std)
     config._attn_implementation = "sdpa"
     torch.manual_seed(plan.seed)
-    model = Olmo2ForCausalLM(config)
+    if meta:
+        with torch.device("meta"):
+            model = Olmo2ForCausalLM(config)
+        model.model.rotary_emb = type(model.model.rotary_emb)(config)
+    else:
+        model = Olmo2ForCausalLM(config)
     built = model_params(model).n
     if built != plan.n_params:
         raise RuntimeError(f"{plan.size}: the built model has N = {built:,} parameters, the plan "
                            f"counted {plan.n_params:,} (ladder.presets.Preset.params no longer "
                            f"matches this transformers version's Olmo2ForCausalLM)")
     return model
+
+
+def place_model(plan: RunPlan, accelerator):
+    """The model before ``prepare``: on the device; or, for a paper-sized rung under FSDP over
+    several processes, in the main process's host memory and on the meta device elsewhere, and
+    accelerate sends the main process's weights to each process's shards
+    (``cpu_ram_efficient_loading``): no process holds the whole fp32 model on its GPU, only one
+    in host memory, and the initial weights are one process's, whatever the process count."""
+    from ladder.presets import get_preset
+
+    if is_fsdp(accelerator) and accelerator.num_processes > 1 and not get_preset(plan.size).tiny:
+        accelerator.state.fsdp_plugin.cpu_ram_efficient_loading = True
+        return build_model(plan, meta=not accelerator.is_main_process)
+    return build_model(plan).to(accelerator.device)
 
 
 def build_optimizer(model, plan: RunPlan, device: torch.device):
@@ -72,6 +92,49 @@ def build_optimizer(model, plan: RunPlan, device: torch.device):
         return torch.optim.AdamW(groups, fused=fused, **kw)
     except (RuntimeError, TypeError):
         return torch.optim.AdamW(groups, foreach=True, **kw)
+
+
+def prepare_model(accelerator, model, optimizer, *, compile: bool):
+    """The model and optimizer wrapped for the accelerator's strategy, compiled if asked, and
+    without accelerate's fp32 copy of the outputs."""
+    fsdp = is_fsdp(accelerator)
+    if compile and not fsdp:
+        model = torch.compile(model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    drop_output_cast(model)
+    if compile and fsdp:  # FSDP2 shards the plain module; compile the sharded one
+        model = torch.compile(model)
+    return model, optimizer
+
+
+def drop_output_cast(model) -> None:
+    """Undo accelerate's wrapping of the prepared model's forward under mixed precision: its
+    ``convert_outputs_to_fp32`` copies every output to fp32 (the whole logits at evaluation).
+    The loop and the evaluators run the forward under ``accelerator.autocast()`` themselves,
+    and the loss is computed in fp32 inside the forward (ladder/train/loss.py)."""
+    # The wrapper is the prepared object's own ``forward`` (a compiled module's, DDP's, FSDP's or
+    # the model's); ``_original_forward`` is what it wrapped (a compiled module keeps it on the
+    # module it compiled: read it through the wrapper, never restore it there, where it would
+    # call itself).
+    for m in (model, getattr(model, "module", None)):
+        if m is not None and "forward" in vars(m) and hasattr(m, "_original_forward"):
+            m.forward = m._original_forward
+            return
+
+
+def eval_module(model):
+    """The module evaluations call: neither the compiled wrapper (eval mode, no_grad and other
+    batch shapes would recompile it on every rank) nor DDP's (no gradients to synchronise). An
+    FSDP module stays itself: its forward gathers the shards."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    while True:
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
 
 
 def _vocab_size_for(recipe: Recipe, tokenizer) -> int:
@@ -204,8 +267,11 @@ def setup(recipe: Recipe, size: str | None, multiplier: float | None, seed: int 
     accum = per_proc // micro
 
     meta = _run_meta(recipe, plan, data, accelerator, micro, accum)
+    from ladder.train.loss import loss_kernel
+
     meta.extra.update(strategy="fsdp" if is_fsdp(accelerator) else "ddp",
-                      activation_checkpointing=settings.activation_checkpointing)
+                      activation_checkpointing=settings.activation_checkpointing,
+                      loss_kernel=loss_kernel(accelerator.device))
     lock = claim_run_dir(run_dir, meta, accelerator.is_main_process, force_new, accelerator.print)
     try:
         if branch_from is not None and accelerator.is_main_process:
@@ -228,17 +294,12 @@ def _build(recipe, plan, run_dir, accelerator, data, train_seqs, val_seqs, sampl
     t, device = recipe.train, accelerator.device
     writer = RunLogWriter(run_dir, report=accelerator.print) if accelerator.is_main_process else None
 
-    model = build_model(plan).to(device)
+    model = place_model(plan, accelerator)
     if settings.activation_checkpointing:
         enable_activation_checkpointing(model)
     optimizer = build_optimizer(model, plan, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, plan))
-    fsdp = is_fsdp(accelerator)
-    if t.compile and not fsdp:
-        model = torch.compile(model)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    if t.compile and fsdp:  # FSDP2 shards the plain module; compile the sharded one
-        model = torch.compile(model)
+    model, optimizer = prepare_model(accelerator, model, optimizer, compile=t.compile)
 
     latest, state = _resume(run_dir, accelerator, model, optimizer, scheduler)
     step = int(state.get("step", 0))

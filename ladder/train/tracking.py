@@ -9,15 +9,32 @@ from typing import Any
 
 from ladder.recipe import TrackingConfig
 
-# Dense bf16 peak FLOP/s by device name (fp32 on CPU is measured instead).
-GPU_PEAK_FLOPS = {
-    "H200": 989e12,
-    "H100": 989e12,
-    "A100": 312e12,
-    "L40S": 362e12,
-    "A10G": 125e12,
-    "L4": 121e12,
-}
+# Dense (not 2:4-sparse) bf16 peak FLOP/s of one device, from NVIDIA's data sheets, matched in
+# order against torch.cuda.get_device_name (e.g. "NVIDIA H100 80GB HBM3" is the SXM part, "NVIDIA
+# H100 PCIe", "NVIDIA H100 NVL"; "NVIDIA L40" is not an L40S nor an L4). A device no pattern
+# matches has no MFU (LADDER_PEAK_FLOPS sets one).
+GPU_PEAK_FLOPS: tuple[tuple[str, str, float], ...] = (
+    (r"\bH100\b.*\bNVL\b", "H100 NVL", 835e12),
+    (r"\bH100\b.*\bPCIe\b", "H100 PCIe", 756e12),
+    (r"\bH100\b", "H100 SXM", 989e12),
+    (r"\bH200\b.*\bNVL\b", "H200 NVL", 835e12),
+    (r"\bGH200\b", "GH200", 989e12),
+    (r"\bH200\b", "H200 SXM", 989e12),
+    (r"\bA100\b", "A100 (40 and 80 GB)", 312e12),
+    (r"\bL40S\b", "L40S", 362e12),
+    (r"\bL40\b", "L40", 181e12),
+    (r"\bL4\b", "L4", 121e12),
+)
+
+
+def gpu_peak_flops(name: str) -> tuple[float | None, str]:
+    """(dense bf16 peak FLOP/s, the part matched) of a CUDA device name; (None, name) if unknown."""
+    import re
+
+    for pattern, part, peak in GPU_PEAK_FLOPS:
+        if re.search(pattern, name, flags=re.IGNORECASE):
+            return peak, f"{part} dense bf16"
+    return None, f"unknown GPU {name!r}"
 
 
 def wandb_settings(cfg: TrackingConfig, ladder_name: str, run_name: str, run_dir: str) -> tuple[str | None, dict]:
@@ -94,18 +111,14 @@ def release_wandb_service(timeout: float = WANDB_TEARDOWN_TIMEOUT_S, warn=None) 
 
 
 def peak_flops(device) -> tuple[float | None, str]:
-    """(peak FLOP/s, how it was obtained) for MFU. ``LADDER_PEAK_FLOPS`` overrides."""
+    """(peak FLOP/s of one device, how it was obtained) for MFU. ``LADDER_PEAK_FLOPS`` overrides."""
     env = os.environ.get("LADDER_PEAK_FLOPS")
     if env:
         return float(env), "LADDER_PEAK_FLOPS"
     import torch
 
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, value in GPU_PEAK_FLOPS.items():
-            if key in name:
-                return value, f"{key} dense bf16"
-        return None, f"unknown GPU {name}"
+        return gpu_peak_flops(torch.cuda.get_device_name(device))
     if device.type == "cpu":
         return measure_cpu_matmul_flops(), "measured fp32 matmul"
     return None, device.type

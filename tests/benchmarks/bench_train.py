@@ -6,9 +6,13 @@ global batch, micro-batch and sequence length, measured in one invocation.
         --batch-tokens 524288 --micro 8 --steps 30                           # GPU, bf16
 
 Variants: ``ours`` (our ``_train_step`` with ``train.compile: true``), ``ours-eager`` (the same
-without compile) and ``trainer`` (a plain default ``Trainer``: same model, batch, micro-batch,
-sequence length, AdamW settings, grad clip and precision; no compile). ``--compile both``
-compiles the Trainer's model too (``torch_compile=True``) and drops ``ours-eager``.
+without compile), ``ours-logits-loss`` (our step with the loss as it was before the head and
+loss were computed in chunks: the full logits, accelerate's fp32 copy of them under bf16, then
+the closed-form cross-entropy; compiled like ``ours``) and ``trainer`` (a plain default
+``Trainer``: same model, batch, micro-batch, sequence length, AdamW settings, grad clip and
+precision; no compile). ``--compile both`` compiles the Trainer's model too
+(``torch_compile=True``) and drops ``ours-eager``. ``--smoke`` runs every variant for a step in
+this process on the smallest preset (the test suite runs it: tests/test_bench_smoke.py).
 
 Each variant runs in its own subprocess (so peak memory is its own), ``--repeats`` times with the
 order rotated (the machine's load hits all alike). Throughput is steady state: the first
@@ -75,22 +79,24 @@ def run_ours(args) -> dict:
     from accelerate import Accelerator
 
     from ladder.data.sequences import BatchSampler
-    from ladder.train.host_memory import keep_freed_memory
     from ladder.runplan import lr_lambda
-    from ladder.train.loop import _train_step, build_model, build_optimizer
+    from ladder.train.host_memory import keep_freed_memory
+    from ladder.train.loop import _train_step
+    from ladder.train.setup import build_model, build_optimizer, prepare_model
 
     recipe, plan, seqs = _setup(args)
     cuda = torch.cuda.is_available()
-    acc = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
+    acc = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda or args.bf16 else "no")
     if not cuda and not args.no_keep_memory:
         keep_freed_memory()  # as train() does on CPU
     model = build_model(plan).to(acc.device)
     opt = build_optimizer(model, plan, acc.device)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, plan))
-    compiled = args.compile == "both" or (args.compile == "ours" and args.variant == "ours")
-    if compiled:
-        model = torch.compile(model)
-    model, opt = acc.prepare(model, opt)
+    compiled = args.compile == "both" or (args.compile == "ours" and args.variant != "ours-eager")
+    if args.variant == "ours-logits-loss":
+        model = LogitsLoss(model, acc, compiled)
+    else:
+        model, opt = prepare_model(acc, model, opt, compile=compiled)
     sampler = BatchSampler(seqs.n, plan.batch_seqs, 0)
     micro = min(args.micro, plan.batch_seqs)
     accum = plan.batch_seqs // micro
@@ -108,13 +114,33 @@ def run_ours(args) -> dict:
                 device=acc.device, compiled=compiled)
 
 
+class LogitsLoss:
+    """The step's model as it was before the chunked head and loss: prepared by accelerate with
+    its fp32 output cast, and the loss computed on the full logits it returns."""
+
+    def __init__(self, model, acc, compiled: bool):
+        import torch
+
+        if compiled:
+            model = torch.compile(model)
+        self.model = acc.prepare(model)
+
+    def __call__(self, input_ids, loss_scale):
+        from ladder.train.loss import next_token_loss
+
+        return next_token_loss(self.model(input_ids=input_ids).logits, input_ids, loss_scale)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
 def run_trainer(args) -> dict:
     import numpy as np
     import torch
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers import Olmo2ForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
     from ladder.data.sequences import BatchSampler
-    from ladder.train.loop import build_model
+    from ladder.train.setup import build_model
 
     recipe, plan, seqs = _setup(args)
     sampler = BatchSampler(seqs.n, plan.batch_seqs, 0)
@@ -153,7 +179,10 @@ def run_trainer(args) -> dict:
                 torch.cuda.synchronize()
             times["t1"], times["c1"], times["f1"] = time.perf_counter(), time.process_time(), _faults()
 
-    trainer = Trainer(model=build_model(plan), args=targs, train_dataset=Packed(), callbacks=[Clock()])
+    ours = build_model(plan)  # the same weights in transformers' own class: its forward, its loss
+    model = Olmo2ForCausalLM(ours.config)
+    model.load_state_dict(ours.state_dict())
+    trainer = Trainer(model=model, args=targs, train_dataset=Packed(), callbacks=[Clock()])
     out = trainer.train()
     return dict(plan=plan, elapsed=times["t1"] - times["t0"], cpu=times["c1"] - times["c0"],
                 faults=times["f1"] - times["f0"],
@@ -194,12 +223,20 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=2, help="alternating runs per variant; best is kept")
     ap.add_argument("--no-keep-memory", action="store_true",
                     help="ablation: leave glibc's allocator at its defaults in our loop (ladder/train/host_memory.py)")
-    ap.add_argument("--variant", choices=["ours", "ours-eager", "trainer"], help=argparse.SUPPRESS)
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU too (always on a GPU)")
+    ap.add_argument("--smoke", action="store_true", help="every variant for 2 steps in this process, tiny-9k (seconds)")
+    ap.add_argument("--ab-loss", action="store_true",
+                    help="the loss change alone: our step and ours-logits-loss alternating step by step in one process")
+    ap.add_argument("--variant", choices=["ours", "ours-eager", "ours-logits-loss", "trainer"], help=argparse.SUPPRESS)
     ap.add_argument("--tmp", default="/tmp/ladder-bench", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.variant:
         child(args)
         return 0
+    if args.smoke:
+        return smoke(args)
+    if args.ab_loss:
+        return ab_loss(args)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
     base = [a for a in sys.argv[1:]]
     sys.path.insert(0, str(ROOT))
@@ -211,7 +248,7 @@ def main() -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         env["LADDER_PEAK_FLOPS"] = repr(measure_cpu_matmul_flops(seconds=1.0))
-    variants = ["ours", "trainer"] + (["ours-eager"] if args.compile == "ours" else [])
+    variants = ["ours", "trainer", "ours-logits-loss"] + (["ours-eager"] if args.compile == "ours" else [])
     best: dict[str, dict] = {}
     runs: dict[str, list[float]] = {v: [] for v in variants}  # tokens/s of each repeat, in order
     for i in range(args.repeats):  # alternate (and rotate the order), so load changes hit all
@@ -241,13 +278,93 @@ def main() -> int:
               f"MFU {mfu}  peak memory {r['peak_mem_gib']:.2f} GiB  "
               f"CPU-time {r['cpu_tokens_per_s']:>10,.0f} tokens/s  {r['faults_per_step']:>7,.0f} page faults/step  warmup{' + compile' if r['compiled'] else ''} "
               f"{r['warmup_s']:.1f} s")
-    for v in variants:
-        if v != "trainer":
-            # the machine's speed drifts over minutes: pair each repeat with the Trainer run beside it
-            paired = sorted(a / b for a, b in zip(runs[v], runs["trainer"]))
-            print(f"speed ratio {v} / Trainer: {best[v]['tokens_per_s'] / base_t['tokens_per_s']:.2f}x best/best "
-                  f"(CPU-time: {best[v]['cpu_tokens_per_s'] / base_t['cpu_tokens_per_s']:.2f}x); "
-                  f"per repeat: median {statistics.median(paired):.2f}x, range {paired[0]:.2f}-{paired[-1]:.2f}x")
+    pairs = [(v, "trainer") for v in variants if v != "trainer"] + [("ours", "ours-logits-loss")]
+    for v, ref in pairs:
+        # the machine's speed drifts over minutes: pair each repeat with the run beside it
+        paired = sorted(a / b for a, b in zip(runs[v], runs[ref]))
+        print(f"speed ratio {v} / {ref}: {best[v]['tokens_per_s'] / best[ref]['tokens_per_s']:.2f}x best/best "
+              f"(CPU-time: {best[v]['cpu_tokens_per_s'] / best[ref]['cpu_tokens_per_s']:.2f}x); "
+              f"per repeat: median {statistics.median(paired):.2f}x, range {paired[0]:.2f}-{paired[-1]:.2f}x")
+    return 0
+
+
+def ab_loss(args) -> int:
+    """Our step with the chunked head + loss (A) against the loss on full logits (B), both
+    compiled (unless --compile none), same weights, alternating step by step in this process, so
+    the machine's load hits both alike; prints the per-step time ratio B / A (median, range over
+    the rounds of --steps steps each)."""
+    import torch
+    from accelerate import Accelerator
+
+    from ladder.data.sequences import BatchSampler
+    from ladder.train.host_memory import keep_freed_memory
+    from ladder.train.loop import _train_step
+    from ladder.train.setup import build_model, build_optimizer, prepare_model
+
+    sys.path.insert(0, str(ROOT))
+    recipe, plan, seqs = _setup(args)
+    cuda = torch.cuda.is_available()
+    acc = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda or args.bf16 else "no")
+    if not cuda:
+        keep_freed_memory()
+    compiled = args.compile != "none"
+    steps = {}
+    for name in ("chunked", "logits"):
+        model = build_model(plan).to(acc.device)
+        opt = build_optimizer(model, plan, acc.device)
+        if name == "logits":
+            model = LogitsLoss(model, acc, compiled)
+        else:
+            model, opt = prepare_model(acc, model, opt, compile=compiled)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        steps[name] = (model, opt, sched)
+    sampler = BatchSampler(seqs.n, plan.batch_seqs, 0)
+    micro = min(args.micro, plan.batch_seqs)
+
+    def step(name: str, i: int) -> float:
+        model, opt, sched = steps[name]
+        t0 = time.perf_counter()
+        loss, _ = _train_step(model, opt, sched, acc, seqs, sampler.indices(i), micro, plan.batch_seqs // micro, 1.0)
+        float(loss)  # the device finished the step
+        return time.perf_counter() - t0
+
+    for i in range(args.warmup):
+        step("chunked", i), step("logits", i)
+    ratios, totals = [], {"chunked": 0.0, "logits": 0.0}
+    for r in range(args.repeats):
+        t = {"chunked": 0.0, "logits": 0.0}
+        for i in range(args.steps):
+            for name in (("chunked", "logits") if i % 2 == 0 else ("logits", "chunked")):
+                t[name] += step(name, args.warmup + r * args.steps + i)
+        ratios.append(t["logits"] / t["chunked"])
+        for k in t:
+            totals[k] += t[k]
+    n = args.repeats * args.steps
+    ratios.sort()
+    print(f"loss change, {args.size} seq {args.seq_len} batch {args.batch_tokens} micro {args.micro}, "
+          f"{'compiled' if compiled else 'eager'}, {acc.mixed_precision}, device {acc.device}, "
+          f"{torch.get_num_threads()} thread(s), load average {os.getloadavg()[0]:.1f}: chunked head + loss "
+          f"{1e3 * totals['chunked'] / n:.1f} ms/step, loss on full logits {1e3 * totals['logits'] / n:.1f} ms/step; "
+          f"ratio logits / chunked median {statistics.median(ratios):.2f}x, range {ratios[0]:.2f}-{ratios[-1]:.2f}x "
+          f"over {args.repeats} rounds of {args.steps} alternating steps")
+    return 0
+
+
+def smoke(args) -> int:
+    """Every variant, in this process, for a warm-up and two timed steps of tiny-9k, eager: the
+    benchmark's code paths run, not its figures."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("LADDER_PEAK_FLOPS", "1e10")
+    args.size, args.seq_len, args.batch_tokens, args.micro = "tiny-9k", 32, 256, 4
+    args.steps, args.warmup, args.compile = 2, 1, "none"
+    for variant in ("ours", "ours-logits-loss", "trainer"):
+        args.variant = variant
+        res = (run_trainer if variant == "trainer" else run_ours)(args)
+        tps = res["plan"].batch_tokens * args.steps / res["elapsed"]
+        print(f"smoke {variant}: {tps:,.0f} tokens/s, loss {res['loss']:.3f}")
+        assert torch.isfinite(torch.tensor(res["loss"])), variant
     return 0
 
 
