@@ -68,12 +68,12 @@ def test_a_failed_parent_stops_its_waiting_branches(tmp_path, slurm_cluster, mon
     finally:
         subprocess.run(["scancel", "--user", str(os.getuid())], capture_output=True, env=env)
     log = (out / "slurm" / "logs").glob("array-*_0.log")
-    assert any("not retried" in p.read_text() for p in log)
+    assert any("not retried" in p.read_text(errors="replace") for p in log)
     for b in branches:
         st = read_status(b)
         assert "tiny-9k-stable" in st["message"] and "not started" in st["message"], st
         assert not (b / "metrics.jsonl").exists() and not (b / "checkpoints").exists()
-    stop_log = (out / "slurm" / "logs" / "stop-tiny-9k-stable.log").read_text()
+    stop_log = (out / "slurm" / "logs" / "stop-tiny-9k-stable.log").read_text(errors="replace")
     assert stop_log.count("cancelled") == 2, stop_log
     s = _ladder(env, "status", out)
     assert s.returncode == 0, s.stderr
@@ -114,11 +114,11 @@ def test_branches_wait_through_a_preemption_then_train_beside_their_parent(tmp_p
     finally:
         subprocess.run(["scancel", "--user", str(os.getuid())], capture_output=True, env=env)
     plog = next(p for p in (out / "slurm" / "logs").glob("array-*_0.log")
-                if "rung=tiny-9k-stable" in p.read_text()).read_text()
+                if "rung=tiny-9k-stable" in p.read_text(errors="replace")).read_text(errors="replace")
     assert "(outcome: preempted)" in plog and "released" in plog
     done = json.loads((parent / "status.json").read_text())["time"]
     started = [ln for ln in (out / "slurm" / "logs").glob("array-*.log")
-               if "rung=tiny-9k-0.5xC" in ln.read_text()][0].read_text()
+               if "rung=tiny-9k-0.5xC" in ln.read_text(errors="replace")][0].read_text(errors="replace")
     assert "starting from tiny-9k-stable at step 41" in started
     # the first branch began while its parent was still training (it keeps running)
     began = started.split("[ladder] ", 1)[1].split()[0]
