@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from analysis.annealed import fit_runs, run_tail
 from analysis.files import json_safe
 from analysis.fit import single_threaded_blas
 from analysis.parallel import default_workers, parallel_map
@@ -86,14 +87,16 @@ class Prediction:
 
 
 def actual_values(run: RunLog, task: TaskSpec, feature: Feature | str | None = "bpb", last: int = 5):
-    """The target's actual accuracy and feature: mean of its last ``last`` evaluations (the
-    feature None where the method reads none or the target's log lacks its columns)."""
-    acc = float(np.mean(task_accuracy(run, task)[-last:]))
+    """The target's actual accuracy and feature: mean of its last ``last`` evaluations (a WSD
+    run's: its decayed end, analysis/annealed.py; the feature None where the method reads none
+    or the target's log lacks its columns)."""
+    rows = run_tail(run, last)
+    acc = float(np.mean(task_accuracy(run, task)[rows]))
     if isinstance(feature, str):
         feature = resolve_feature(feature, task, [run])
     if feature is None or not all(run.has(c) for c, _ in feature.columns):
         return acc, None
-    return acc, float(np.mean(feature.values(run)[-last:]))
+    return acc, float(np.mean(feature.values(run)[rows]))
 
 
 def as_tasks(tasks) -> dict[str, TaskSpec]:
@@ -124,6 +127,7 @@ def predict_targets(runs: list[RunLog], targets: list[Target], tasks="paper",
     ``converged`` and through ``warn`` (default: stderr)."""
     warn = warn or (lambda m: print(f"warning: {m}", file=sys.stderr))
     actuals = actuals or {}
+    runs = fit_runs(runs)  # a WSD stable run has no final point (analysis/annealed.py)
     items = list(as_tasks(tasks).items())
     fit_n = [float(r.n) for r in runs]
     fit_d = [float(r.d) for r in runs]
@@ -139,7 +143,7 @@ def predict_targets(runs: list[RunLog], targets: list[Target], tasks="paper",
                for m, (name, task) in zip(models, chunk)]
         if intervals:
             # the noise term assumes each actual averages `last` evaluations (fewer if short)
-            n_eval = [min(config.last, a.n_evals) if (a := actuals.get(t.name)) is not None
+            n_eval = [run_tail(a, config.last).size if (a := actuals.get(t.name)) is not None
                       else config.last for t in targets]
             fitted = [i for i, m in enumerate(models) if not m.refused]
             bss = bootstrap_samples_many([models[i] for i in fitted], [t.n for t in targets],

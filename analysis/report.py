@@ -103,6 +103,10 @@ def markdown_table(preds: list[Prediction], reference: dict[str, tuple[float, fl
     info = next((p.interval_info for p in preds if p.interval_info.get("method")), None)
     if info:
         lines += ["", f"Intervals: {info['method']}."]
+    used = next((p.fits for p in preds if "points" in p.fits.get("step1", {})), None)
+    if used:
+        lines += ["", f"Points used: step 1, {used['step1']['points']}; step 2, "
+                      f"{used['step2']['points']}."]
     lines += beyond_calibration_lines(preds)
     lines += [f"\nUnconstrained: {p.target} {p.task}: {p.interval_info['unconstrained']}." for p in preds
               if p.interval_info.get("unconstrained")]
@@ -222,7 +226,7 @@ def plot_step1(preds: list[Prediction], path) -> Path:
     fig, axes = _grid(len(preds))
     for ax, p in zip(axes, preds):
         m = p.model
-        _scatter_runs(ax, m.series, [np.mean(s.feature[-m.config.last:]) for s in m.series], colors)
+        _scatter_runs(ax, m.series, [np.mean(s.feature[s.tail(m.config.last)]) for s in m.series], colors)
         for n in colors:
             ds = np.geomspace(min(s.d for s in m.series) / 2, p_d(p) * 1.5, 60)
             ax.plot(6 * n * ds, m.predict_loss(np.full_like(ds, n), ds), color=colors[n], lw=0.8, alpha=0.7)
@@ -315,7 +319,7 @@ def plot_chained(preds: list[Prediction], path) -> Path:
     fig, axes = _grid(len(preds))
     for ax, p in zip(axes, preds):
         m = p.model
-        _scatter_runs(ax, m.series, [np.mean(s.acc[-m.config.last:]) for s in m.series], colors)
+        _scatter_runs(ax, m.series, [np.mean(s.acc[s.tail(m.config.last)]) for s in m.series], colors)
         dmin = min(s.d for s in m.series) / 2
         for n in colors:
             ds = np.geomspace(dmin, max(s.d for s in m.series) * 1.5, 50)

@@ -69,7 +69,7 @@ def series_noise(series, last: int = 5) -> TaskNoise:
     f_sd = float("nan")
     if series[0].feature is not None:
         f_sd = end_scatter(series, lambda s: s.feature, relative=True)
-    finals = [float(np.mean(s.acc[-last:])) for s in series]
+    finals = [float(np.mean(s.acc[s.tail(last)])) for s in series]  # a WSD run's: its decayed end
     return TaskNoise(acc_sd, f_sd, float(max(finals) - min(finals)), float(max(finals)))
 
 

@@ -50,7 +50,6 @@ def need(ok: bool, key: str, what: str, value: Any) -> None:
 
 def _preset_names() -> list[str]:
     from ladder.presets import PRESETS
-
     return list(PRESETS)
 
 
@@ -126,7 +125,11 @@ class TrainConfig:
     warmup_tokens: float | None = None  # null = N tokens (paper)
     schedule: Literal["cosine", "wsd"] = "cosine"
     final_lr_fraction: float = 0.1
-    decay_fraction: float = 0.2  # wsd: share of steps in the final linear decay
+    decay_fraction: float = 0.2  # wsd: share of each run's steps in its final decay
+    decay_shape: Literal["linear", "1-sqrt"] = "linear"  # wsd: LR from peak to final_lr_fraction
+    # wsd sweeps: one stable run per size and seed, a decay branch per multiplier off it (false:
+    # every rung from scratch; the same numbers, at more compute). A run ignores it.
+    branches: bool = field(default=True, metadata=LADDER)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU
     compile: bool = field(default=False, metadata=OPERATIONAL)
     seed: int = 0
@@ -354,9 +357,9 @@ def _convert(value: Any, tp: Any, key: str, src: str) -> Any:
         if not isinstance(value, dict):
             fail()
         return _build(tp, value, key, src)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
+    if tp in (bool, str) and isinstance(value, tp):
+        return value
+    if tp in (bool, str):
         fail()
     if tp in (int, float) and isinstance(value, str) and _NUMBER.match(value.strip()):
         value = float(value)  # YAML 1.1 reads 3e-3 (no dot) as a string
@@ -372,10 +375,6 @@ def _convert(value: Any, tp: Any, key: str, src: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             fail()
         return float(value)
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        fail()
     raise TypeError(f"unsupported annotation {tp!r} for {key}")
 
 

@@ -14,15 +14,16 @@ import pytest
 import yaml
 
 from ladder.exit_codes import (BAD_INPUT, COMPLETED, CRASHED, DIVERGED, DONE, EXIT_BAD_INPUT,
-                               EXIT_DIVERGED, EXIT_OK, EXIT_PREEMPTED, GIVE_UP, PREEMPTED, REQUEUE,
-                               RETRY, RUNNING, next_action)
+                               EXIT_DIVERGED, EXIT_OK, EXIT_PREEMPTED, GIVE_UP, OUTCOME_EXIT,
+                               PARENT_FAILED, PREEMPTED, REQUEUE, RETRY, RUNNING, WAITING,
+                               next_action)
 from ladder.sweep.launcher import Job
 from ladder.sweep.local import run_local, visible_devices
 from ladder.sweep.slurm_script import action_function
 from ladder.train.status import STATUS_FILE, clear_status, read_status, write_status
 
 ROOT = Path(__file__).resolve().parents[1]
-OUTCOMES = [None, RUNNING, COMPLETED, PREEMPTED, DIVERGED, BAD_INPUT, CRASHED]
+OUTCOMES = [None, RUNNING, *OUTCOME_EXIT]  # every outcome a trainer writes
 CODES = [EXIT_OK, 1, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_PREEMPTED, 137]
 
 
@@ -33,6 +34,8 @@ def test_policy():
     assert next_action(RUNNING, 137) == RETRY  # killed hard: the status was never finished
     assert next_action(None, EXIT_BAD_INPUT) == GIVE_UP and next_action(None, 75) == REQUEUE
     assert next_action(None, 0) == DONE and next_action(None, 1) == RETRY
+    # a branch whose parent has not saved its branch point waits; one whose parent failed, never
+    assert next_action(WAITING, 75) == REQUEUE and next_action(PARENT_FAILED, 2) == GIVE_UP
 
 
 def test_slurm_script_decides_like_the_local_backend():

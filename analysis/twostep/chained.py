@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from analysis.annealed import points_used
 from analysis.fit import single_threaded_blas
 from analysis.laws import Law, SigmoidLink
 from analysis.laws.registry import direct_law, link_law, step1_law
@@ -65,10 +66,14 @@ class TaskModel:
 
     def diagnostics(self) -> dict:
         out = {}
+        used = points_used([s.annealing for s in self.series],
+                           *(int(d.y.size) if d is not None else 0 for d in (self.data1, self.data2)),
+                           self.config)
         for key, law, data in (("step1", self.step1, self.data1), ("step2", self.step2, self.data2)):
             if law is not None:
                 out[key] = {"law": type(law).__name__, "params": law.params_,
-                            **law.result_.to_json(), "n_points": int(data.y.size)}
+                            **law.result_.to_json(), "n_points": int(data.y.size),
+                            "points": used[key]}  # which rows of which runs (analysis/annealed.py)
         if self.single is not None:
             key = "direct" if self.config.mode == "direct" else "single_step"
             out[key] = {"law": type(self.single).__name__, "params": self.single.params_,
@@ -151,6 +156,6 @@ def _fit_two_steps(model: TaskModel, floor: float | None) -> None:
     model.step1, model.step2, model.data1, model.data2 = step1, step2, d1, d2
     if cfg.mode == "single":
         fin_n = np.array([s.n for s in series]); fin_d = np.array([s.d for s in series])
-        fin_acc = np.array([np.mean(s.acc[-cfg.last:]) for s in series])
+        fin_acc = np.array([np.mean(s.acc[s.tail(cfg.last)]) for s in series])
         single = SingleStepLaw(step1, step2)
         model.single = _fit_quiet(single, *single.inputs(fin_n, fin_d), y=fin_acc)

@@ -27,6 +27,7 @@ class TwoStepConfig:
     link_floor: Literal["free", "chance"] = "free"  # free | chance (pin the high-loss asymptote to chance)
     link_ceiling: Literal["one", "free"] = "one"  # one (accuracy -> 1 as loss -> 0) | free (<= 1)
     step2_skip: float = 0.1  # drop each run's first 10% of checkpoints in step 2
+    wsd_step2: Literal["all", "decay"] = "decay"  # WSD runs in step 2: decay (rows from the decay's start; backtests, docs/analysis.md) | all (stable phase too)
     smooth: int = 5  # moving-average window for step 2 (1 = none)
     last: int = 5  # evaluations averaged for a run's final value (and a target's actual)
     mode: str = "chained"  # chained | single (single-step) | direct (arXiv 2512.08894)

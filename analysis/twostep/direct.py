@@ -74,5 +74,5 @@ def final_points(series, last: int):
     """(N, D, accuracy) per run: its final D and the mean of its last ``last`` accuracies."""
     n = np.array([s.n for s in series])
     d = np.array([s.d for s in series])
-    acc = np.array([float(np.mean(s.acc[-last:])) for s in series])
+    acc = np.array([float(np.mean(s.acc[s.tail(last)])) for s in series])
     return n, d, np.clip(acc, 1e-6, 1 - 1e-6)

@@ -10,6 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
+from analysis.annealed import Annealing, annealing, tail_rows
 from analysis.metrics import Columns, TaskSpec
 from analysis.runlog import TOKENS, RunLog, RunLogError
 from analysis.twostep.config import FEATURES, VAL_CE
@@ -94,10 +95,15 @@ class RunSeries:
     feature: np.ndarray | None
     acc: np.ndarray
     source: str = ""
+    annealing: Annealing | None = None  # a WSD run: which evaluations are final points
 
     @property
     def d(self) -> float:
         return float(self.tokens[-1])
+
+    def tail(self, last: int) -> np.ndarray:
+        """Rows of the run's final value (analysis/annealed.py)."""
+        return tail_rows(self.tokens.size, last, self.annealing)
 
 
 def task_accuracy(run: RunLog, task: TaskSpec) -> np.ndarray:
@@ -115,7 +121,7 @@ def run_series(run: RunLog, task: TaskSpec, feature: Feature | str | None,
                           f"'{TOKENS}'; a ladder run needs at least {min_evals}")
     return RunSeries(run.name, float(run.n), run.column(TOKENS),
                      None if feature is None else feature.values(run), task_accuracy(run, task),
-                     run.source)
+                     run.source, annealing(run))
 
 
 def moving_average(x: np.ndarray, window: int) -> np.ndarray:

@@ -75,9 +75,11 @@ def end_scatter(series: list[RunSeries], values, relative: bool = False) -> floa
     nmax = max(s.n for s in series)
     sds = []
     for s in (s for s in series if s.n == nmax):
-        k = min(s.tokens.size, max(5, int(round(TAIL * s.tokens.size))))
-        y = np.asarray(values(s), float)[-k:]
-        sd = _detrended_sd(np.log(s.tokens[-k:]), y)
+        # a WSD run: its stable phase, where the trend in log tokens is smooth (not the decay's drop)
+        end = s.annealing.decay_from if s.annealing is not None else s.tokens.size
+        k = min(end, max(5, int(round(TAIL * end))))
+        y = np.asarray(values(s), float)[:end][-k:]
+        sd = _detrended_sd(np.log(s.tokens[:end][-k:]), y)
         level = abs(float(np.mean(y)))
         if not sd > COPIES * level:  # rounding noise of repeated rows: not a measurement
             sd = float("nan")
@@ -111,10 +113,10 @@ class Signal:
 def ladder_signal(series: list[RunSeries], chance: float | None, last: int = 5) -> Signal:
     """The task's signal on the ladder (see the module's docstring)."""
     compute = np.array([6.0 * s.n * s.d for s in series])
-    finals = np.array([float(np.mean(s.acc[-last:])) for s in series])
+    finals = np.array([float(np.mean(s.acc[s.tail(last)])) for s in series])  # WSD: decayed ends
     tau = None
     if series[0].feature is not None:
-        tau = kendall_tau(compute, [float(np.mean(s.feature[-last:])) for s in series])
+        tau = kendall_tau(compute, [float(np.mean(s.feature[s.tail(last)])) for s in series])
     sig = Signal(finals, chance, end_scatter(series, lambda s: s.acc), tau)
     if tau is not None and tau >= 0:
         sig.refused = (f"the feature does not fall with compute (Kendall's tau {tau:+.2f} between "

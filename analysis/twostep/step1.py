@@ -36,7 +36,11 @@ def checkpoint_indices(tokens: np.ndarray, min_tokens: float, per_run: int) -> n
 def step1_data(series: list[RunSeries], cfg: TwoStepConfig) -> StepData:
     n, d, y, r = [], [], [], []
     for i, s in enumerate(series):
-        if cfg.step1_points == "final":
+        if s.annealing is not None:  # WSD: its decayed end only, unsmoothed (analysis/annealed.py)
+            idx = s.annealing.final
+            n.append(np.full(idx.size, s.n)); d.append(s.tokens[idx]); y.append(s.feature[idx])
+            r.append(np.full(idx.size, i))
+        elif cfg.step1_points == "final":
             n.append([s.n]); d.append([s.d]); y.append([float(np.mean(s.feature[-cfg.last:]))])
             r.append([i])
         else:

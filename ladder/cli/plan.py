@@ -25,7 +25,7 @@ def run(args) -> int:
 
     try:
         recipe = load_recipe(args.recipe, args.overrides)  # a bad recipe waits for no other import
-        from ladder.sweep.plan import plan_sweep, plan_table, run_flops
+        from ladder.sweep.plan import layout_flops, plan_sweep, plan_table, run_flops
         plan = plan_sweep(recipe)
     except (RecipeError, KeyError, ValueError, OSError) as e:
         print(f"ladder plan: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
@@ -35,8 +35,11 @@ def run(args) -> int:
             "runs": [{"name": r.name, "role": role, "size": r.size, "n_params": r.n_params,
                       "multiplier": r.multiplier, "tokens": r.total_steps * r.batch_tokens,
                       "batch_tokens": r.batch_tokens, "steps": r.total_steps, "lr": r.lr,
-                      "flops": run_flops(r)} for role, r in plan.all_runs()],
+                      "flops": run_flops(r),
+                      **({"parent": r.parent, "branch_step": r.decay_start} if r.parent else {})}
+                     for role, r in plan.all_runs()],
             "ladder_flops": plan.ladder_flops,
+            "layouts_flops": _layouts(recipe, layout_flops),
             "targets": [{"name": t.name, "n": t.n, "d": t.d, "flops": t.flops,
                          "ladder_fraction": plan.ladder_flops / t.flops} for t in plan.targets],
         }, indent=2))
@@ -55,3 +58,14 @@ def run(args) -> int:
         print()
         print(eval_report(plan))
     return EXIT_OK
+
+
+def _layouts(recipe, layout_flops) -> dict:
+    """Both layouts' FLOPs (every rung from scratch; WSD decay branches), or why not."""
+    from ladder.recipe import RecipeError
+
+    try:
+        scratch, branched = layout_flops(recipe)
+    except RecipeError as e:
+        return {"from_scratch": None, "wsd_branches": None, "note": str(e)}
+    return {"from_scratch": scratch, "wsd_branches": branched, "ratio": branched / scratch}

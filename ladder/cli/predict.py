@@ -54,6 +54,8 @@ def add_config_arguments(p) -> None:
                         "method (-log accuracy as a law of N and D, arXiv 2512.08894)")
     g.add_argument("--direct-exponents", choices=ch["direct_exponents"], default=c.direct_exponents,
                    help="direct method: alpha = beta (default), or the paper's free pair")
+    g.add_argument("--wsd-step2", choices=ch["wsd_step2"], default=c.wsd_step2,
+                   help="WSD runs in step 2: rows from their decay's start, or the stable phase's too")
     g.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates for intervals")
     g.add_argument("--seed", type=int, default=0)
 
@@ -240,6 +242,8 @@ def load_inputs(args, warn=None):
     for r in empty:
         warn(f"{r.source}: no evaluations yet (a run that has just started?); skipped")
     runs = [r for r in runs if r.n_evals]
+    from analysis.annealed import fit_runs
+    runs = fit_runs(runs, warn)  # a WSD stable run (or one not decayed yet) has no final point
     tasks = ladder_tasks(args.tasks, runs, getattr(args, "task_spec", None), say)
     actual = read_run(args.actual) if isinstance(getattr(args, "actual", None), str) else None
     if actual is not None and not actual.n_evals:

@@ -18,6 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--force-new", action="store_true",
                         help="if --out holds another run, move it aside (<dir>.replaced-<time>) and start over")
+    parser.add_argument("--stable", action="store_true",
+                        help="train.schedule wsd: the size's stable run (peak LR to the last branch point; "
+                             "a checkpoint kept at every branch point)")
+    parser.add_argument("--branch-from", metavar="STABLE_RUN_DIR",
+                        help="train.schedule wsd: a decay branch of --multiplier, started from this "
+                             "stable run's checkpoint at its branch point")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="recipe overrides with dotted keys, e.g. train.lr=3e-3 evaluation.count=30")
     # KEY=VALUE overrides may come before or after the options.
@@ -56,9 +62,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from ladder.data.errors import DataError
-    from ladder.exit_codes import BAD_INPUT, CRASHED, EXIT_BAD_INPUT, EXIT_DIVERGED
+    from ladder.exit_codes import (BAD_INPUT, CRASHED, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_PREEMPTED,
+                                   PARENT_FAILED, WAITING)
     from ladder.integrity import storage_error
     from ladder.recipe import RecipeError, load_recipe
+    from ladder.train.branch import ParentFailed, ParentNotReady
     from ladder.train.loop import NonFiniteLossError, train
 
     from ladder.lock import LockHeld
@@ -69,9 +77,18 @@ def _run(args: argparse.Namespace) -> int:
         recipe = load_recipe(args.recipe, args.overrides)
         result = train(recipe, size=args.size, multiplier=args.multiplier, seed=args.seed,
                        out=args.out, cache=args.cache, progress=not args.no_progress,
-                       force_new=getattr(args, "force_new", False))
+                       force_new=getattr(args, "force_new", False), stable=getattr(args, "stable", False),
+                       branch_from=getattr(args, "branch_from", None))
     except (LockHeld, RunBindingError) as e:  # the directory is another run's: write nothing there
         print(f"ladder train: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ParentNotReady as e:  # a decay branch started before its parent's branch point
+        print(f"ladder train: {e} (exit {EXIT_PREEMPTED})", file=sys.stderr)
+        _outcome(args, WAITING, e)
+        return EXIT_PREEMPTED
+    except ParentFailed as e:
+        print(f"ladder train: error: {e}", file=sys.stderr)
+        _outcome(args, PARENT_FAILED, e)
         return EXIT_BAD_INPUT
     except (RecipeError, DataError, KeyError, ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
@@ -103,6 +120,11 @@ def _check_arguments(args: argparse.Namespace) -> None:
 
     if args.multiplier is not None and not (math.isfinite(args.multiplier) and args.multiplier > 0):
         raise ValueError(f"--multiplier must be a positive number, got {args.multiplier}")
+    if getattr(args, "stable", False) and (args.branch_from or args.multiplier is not None):
+        raise ValueError("--stable trains a size's stable run: it takes no --multiplier or --branch-from")
+    if getattr(args, "branch_from", None) and Path(args.branch_from).exists() \
+            and not Path(args.branch_from).is_dir():
+        raise ValueError(f"--branch-from {args.branch_from}: not a directory (the stable run's)")
     from ladder.recipe import MAX_SEED
 
     if args.seed is not None and not 0 <= args.seed < MAX_SEED:

@@ -135,13 +135,14 @@ class EvalShare:
 
 
 def eval_share(plan, task_tokens: int | None) -> EvalShare:
-    from ladder.runplan import eval_steps
+    from ladder.runplan import own_eval_steps, trained_steps
 
     r = plan.recipe
-    n_eval = len(eval_steps(plan.total_steps, r.evaluation))
+    n_eval = len(own_eval_steps(plan, r.evaluation))  # a branch's: after its branch point
     val = max(1, r.data.validation_tokens // r.train.seq_len) * r.train.seq_len
     fwd = forward_flops_per_token(plan)
-    train = plan.flops_per_token * plan.total_steps * plan.batch_tokens
+    first, last = trained_steps(plan)
+    train = plan.flops_per_token * (last - first) * plan.batch_tokens
     return EvalShare(n_eval, val, task_tokens, train, n_eval * fwd * (val + (task_tokens or 0)))
 
 

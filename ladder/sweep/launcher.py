@@ -10,9 +10,12 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from ladder.exit_codes import EXIT_PREEMPTED
+
+if TYPE_CHECKING:
+    from ladder.sweep.branches import BranchPoint
 
 # A trainer that saved a checkpoint because it was asked to stop exits with this; backends requeue.
 CHECKPOINT_EXIT_CODE = EXIT_PREEMPTED
@@ -114,6 +117,7 @@ class Job:
     argv: tuple[str, ...]
     run_dir: Path | None = None
     resources: Resources = field(default_factory=Resources)
+    waits_for: BranchPoint | None = None  # a WSD branch: its parent's checkpoint
 
     def __post_init__(self):
         object.__setattr__(self, "argv", tuple(os.fspath(a) for a in self.argv))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ladder.exit_codes import DONE, GIVE_UP, REQUEUE, next_action
+from ladder.exit_codes import DONE, GIVE_UP, REQUEUE, WAITING, next_action
 from ladder.sweep.launcher import Job, Resources, local_argv
 from ladder.sweep.sweepdir import Sweep
 
@@ -53,11 +53,9 @@ def run_local(jobs: list[Job], log_dir: Path, *, parallel: int = 1, max_retries:
     After each attempt the run's status file decides (:func:`ladder.exit_codes.next_action`):
     a preempted rung is restarted without counting as a failure, a crashed one is retried up to
     ``max_retries`` times (resuming from its checkpoint), bad input and divergence never.
-    Ctrl-C stops every rung; a rerun of the sweep resumes them. (One function over ~60 lines:
-    the scheduling state, pending/running/slots/attempts, lives in this one loop.)"""
-    from ladder.sweep.rundir import run_state
-    from ladder.train.status import clear_status, read_status
-
+    A WSD branch (``Job.waits_for``) starts once its parent has saved its branch point, while
+    the parent runs on; a parent that fails for good stops its waiting branches. Ctrl-C stops
+    every rung; a rerun of the sweep resumes them."""
     log_dir.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
     env = dict(os.environ)
@@ -67,82 +65,130 @@ def run_local(jobs: list[Job], log_dir: Path, *, parallel: int = 1, max_retries:
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     devices = visible_devices(_gpu_count() if n_gpus is None else n_gpus, parallel)
-    free_slots = list(range(parallel))
-    pending = list(jobs)
-    attempts: dict[str, int] = {}
-    failures: dict[str, int] = {}
-    running: dict[str, tuple[Job, subprocess.Popen, float, Any, int]] = {}
-    outcomes: list[RungOutcome] = []
-    total = len(jobs)
+    sched = _Scheduler(list(jobs), log_dir, env, devices, max_retries, echo)
     old_handlers = _stop_on_signals()
     try:
-        while pending or running:
-            while pending and free_slots:
-                job = pending.pop(0)
-                slot = free_slots.pop(0)
-                attempts[job.name] = attempts.get(job.name, 0) + 1
-                job_env = dict(env)
-                if devices[slot] is not None:
-                    job_env["CUDA_VISIBLE_DEVICES"] = devices[slot]
-                log = open(log_dir / f"{job.name}.log", "a")
-                log.write(f"\n=== attempt {attempts[job.name]}"
-                          + (f" on GPUs {devices[slot]}" if devices[slot] is not None else "")
-                          + f": {' '.join(local_argv(job))}\n")
-                log.flush()
-                _wait_for_run_dir(job, echo)  # a killed sweep's rung may still be checkpointing
-                clear_status(job.run_dir)
-                proc = subprocess.Popen(local_argv(job), stdout=log, stderr=subprocess.STDOUT,
-                                        env=job_env, start_new_session=True,
-                                        preexec_fn=_dies_with(os.getpid()))
-                running[job.name] = (job, proc, time.time(), log, slot)
+        while sched.pending or sched.running:
+            sched.start_ready()
             time.sleep(0.2)
-            for name, (job, proc, t0, log, slot) in list(running.items()):
-                rc = proc.poll()
-                if rc is None:
-                    continue
-                log.close()
-                del running[name]
-                free_slots.append(slot)
-                secs = time.time() - t0
-                status = read_status(job.run_dir)
-                outcome = status["outcome"] if status else None
-                action = next_action(outcome, rc)
-                if action == DONE:
-                    st = run_state(job.run_dir)
-                    loss = f", train loss {st.loss:.4f}" if st.loss is not None else ""
-                    echo(f"[{len(outcomes) + 1}/{total}] {name} done in {secs:.0f}s "
-                         f"({st.evals} evaluations{loss})")
-                    outcomes.append(RungOutcome(name, True, attempts[name], secs, rc, Path(log.name)))
-                    continue
-                if action == REQUEUE and attempts[name] < MAX_REQUEUES:
-                    echo(f"{name}: checkpointed on a signal, restarting")
-                    pending.insert(0, job)
-                    continue
-                failures[name] = failures.get(name, 0) + 1
-                why = f"{outcome or 'no status'}, exit {rc}"
-                if action != GIVE_UP and failures[name] <= max_retries:
-                    echo(f"{name}: failed ({why}), retry {failures[name]}/{max_retries} "
-                         f"from its last checkpoint; log: {log.name}")
-                    pending.append(job)
-                else:
-                    reason = "not retried: it would fail again" if action == GIVE_UP else \
-                        f"after {attempts[name]} attempts"
-                    echo(f"[{len(outcomes) + 1}/{total}] {name} FAILED ({why}) {reason}; "
-                         f"log: {log.name}")
-                    outcomes.append(RungOutcome(name, False, attempts[name], secs, rc, Path(log.name)))
+            sched.reap()
+            sched.stop_orphans()
     except KeyboardInterrupt:
-        for _, proc, _, _, _ in running.values():
-            try:
-                os.killpg(proc.pid, 15)  # the trainer checkpoints on SIGTERM
-            except ProcessLookupError:
-                pass
-        for _, proc, _, _, _ in running.values():
-            proc.wait()
+        sched.stop_all()
         raise
     finally:
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
-    return outcomes
+    return sched.outcomes
+
+
+class _Scheduler:
+    """The local backend's scheduling state: jobs pending, running (in slots), their attempts,
+    failures and outcomes."""
+
+    def __init__(self, jobs: list[Job], log_dir: Path, env: dict, devices: list, max_retries: int,
+                 echo):
+        self.pending, self.log_dir, self.env, self.devices = jobs, log_dir, env, devices
+        self.max_retries, self.echo, self.total = max_retries, echo, len(jobs)
+        self.free_slots = list(range(len(devices)))
+        self.attempts: dict[str, int] = {}
+        self.failures: dict[str, int] = {}
+        self.running: dict[str, tuple[Job, subprocess.Popen, float, Any, int]] = {}
+        self.outcomes: list[RungOutcome] = []
+
+    def start_ready(self) -> None:
+        """Start pending jobs in order while slots are free, skipping branches still waiting."""
+        from ladder.sweep.branches import ready
+        from ladder.train.status import clear_status
+
+        while self.free_slots:
+            job = next((j for j in self.pending if ready(j)), None)
+            if job is None:
+                return
+            self.pending.remove(job)
+            slot = self.free_slots.pop(0)
+            self.attempts[job.name] = self.attempts.get(job.name, 0) + 1
+            job_env = dict(self.env)
+            if self.devices[slot] is not None:
+                job_env["CUDA_VISIBLE_DEVICES"] = self.devices[slot]
+            log = open(self.log_dir / f"{job.name}.log", "a")
+            log.write(f"\n=== attempt {self.attempts[job.name]}"
+                      + (f" on GPUs {self.devices[slot]}" if self.devices[slot] is not None else "")
+                      + f": {' '.join(local_argv(job))}\n")
+            log.flush()
+            _wait_for_run_dir(job, self.echo)  # a killed sweep's rung may still be checkpointing
+            clear_status(job.run_dir)
+            proc = subprocess.Popen(local_argv(job), stdout=log, stderr=subprocess.STDOUT,
+                                    env=job_env, start_new_session=True,
+                                    preexec_fn=_dies_with(os.getpid()))
+            self.running[job.name] = (job, proc, time.time(), log, slot)
+
+    def reap(self) -> None:
+        """Decide for every job that has exited: done, requeue, retry or give up."""
+        from ladder.sweep.rundir import run_state
+        from ladder.train.status import read_status
+
+        for name, (job, proc, t0, log, slot) in list(self.running.items()):
+            rc = proc.poll()
+            if rc is None:
+                continue
+            log.close()
+            del self.running[name]
+            self.free_slots.append(slot)
+            secs = time.time() - t0
+            status = read_status(job.run_dir)
+            outcome = status["outcome"] if status else None
+            action = next_action(outcome, rc)
+            if action == DONE:
+                st = run_state(job.run_dir)
+                loss = f", train loss {st.loss:.4f}" if st.loss is not None else ""
+                self.echo(f"[{len(self.outcomes) + 1}/{self.total}] {name} done in {secs:.0f}s "
+                          f"({st.evals} evaluations{loss})")
+                self.outcomes.append(RungOutcome(name, True, self.attempts[name], secs, rc, Path(log.name)))
+            elif action == REQUEUE and self.attempts[name] < MAX_REQUEUES:
+                self.echo(f"{name}: {'waiting for its parent' if outcome == WAITING else 'checkpointed on a signal'}"
+                          f", restarting")
+                self.pending.insert(0, job)
+            else:
+                self._failed(job, action, f"{outcome or 'no status'}, exit {rc}", secs, rc, Path(log.name))
+
+    def _failed(self, job: Job, action: str, why: str, secs: float, rc: int | None, log: Path) -> None:
+        name = job.name
+        self.failures[name] = self.failures.get(name, 0) + 1
+        if action not in (GIVE_UP, None) and self.failures[name] <= self.max_retries:
+            self.echo(f"{name}: failed ({why}), retry {self.failures[name]}/{self.max_retries} "
+                      f"from its last checkpoint; log: {log}")
+            self.pending.append(job)
+            return
+        reason = "not retried: it would fail again" if action in (GIVE_UP, None) else \
+            f"after {self.attempts.get(name, 0)} attempts"
+        self.echo(f"[{len(self.outcomes) + 1}/{self.total}] {name} FAILED ({why}) {reason}; log: {log}")
+        self.outcomes.append(RungOutcome(name, False, self.attempts.get(name, 0), secs, rc, log))
+
+    def stop_orphans(self) -> None:
+        """Branches whose parent failed for good (or left no branch point and is not coming
+        back) are stopped with their reason: waiting would be forever."""
+        from ladder.sweep.branches import ready, stop_branch
+
+        failed = {o.name for o in self.outcomes if not o.ok}
+        active = {j.name for j in self.pending} | set(self.running)
+        for job in [j for j in self.pending if j.waits_for is not None and not ready(j)]:
+            parent = job.waits_for
+            if parent.job in active:  # running, retried or requeued: the branch waits
+                continue
+            why = parent.failed() or ("failed" if parent.job in failed else
+                                      f"no checkpoint at step {parent.step} and not running")
+            self.pending.remove(job)
+            self._failed(job, None, stop_branch(job, why), 0.0, None, self.log_dir / f"{job.name}.log")
+
+    def stop_all(self) -> None:
+        for _, proc, _, _, _ in self.running.values():
+            try:
+                os.killpg(proc.pid, 15)  # the trainer checkpoints on SIGTERM
+            except ProcessLookupError:
+                pass
+        for _, proc, _, _, _ in self.running.values():
+            proc.wait()
 
 
 def _stop_on_signals() -> dict:
@@ -191,7 +237,7 @@ class LocalStatus(list):
             tok = f"{r['tokens']:.4g}/{r['target_tokens']:.4g}" if r["tokens"] else "-"
             loss = f"{r['loss']:.4f}" if r["loss"] is not None else "-"
             lines.append(f"{r['name']:<24} {r['role']:<7} {r['state']:<8} tokens {tok:<20} "
-                         f"loss {loss}  evals {r['evals']}")
+                         f"loss {loss}  evals {r['evals']}" + (f"  ({r['note']})" if r["note"] else ""))
         return "\n".join(lines)
 
     def to_json(self) -> list:
@@ -201,12 +247,16 @@ class LocalStatus(list):
 def local_status(sweep: Sweep) -> LocalStatus:
     from ladder.sweep.rundir import run_state
 
+    from ladder.sweep.branches import branch_state
+
     out = LocalStatus()
     for role, r in sweep.plan.all_runs():
         st = run_state(sweep.run_dir(r))
-        out.append({"name": r.name, "role": role, "state": st.state, "tokens": st.tokens,
+        state, note = branch_state(sweep.rung_job(r), st.state)
+        role = "branch" if r.role == "branch" else role
+        out.append({"name": r.name, "role": role, "state": state, "tokens": st.tokens,
                     "target_tokens": st.target_tokens, "loss": st.loss, "evals": st.evals,
-                    "note": st.note})
+                    "note": note or st.note})
     return out
 
 

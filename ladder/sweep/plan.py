@@ -1,12 +1,14 @@
 """Plan a recipe's sweep: every rung (size x multiplier x seed) and target with N, D, batch, LR,
-steps and FLOPs, before anything runs (`ladder plan`, `ladder sweep --dry-run`)."""
+steps and FLOPs, before anything runs (`ladder plan`, `ladder sweep --dry-run`). A WSD recipe
+with branches plans a stable run per (size, seed) and its rungs as decay branches off it."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from ladder.recipe import Recipe, RecipeError
-from ladder.runplan import RunPlan, multiplier_label, plan_run
+from ladder.runplan import RunPlan, multiplier_label, plan_branches, plan_run, trained_steps
 from ladder.units import si, text_table
 
 
@@ -47,22 +49,44 @@ class TargetPlan:
 @dataclass
 class SweepPlan:
     recipe: Recipe
-    rungs: list[RunPlan]
+    rungs: list[RunPlan]  # the ladder's points (a WSD ladder's: its decay branches)
     targets: list[TargetPlan] = field(default_factory=list)
+    stables: list[RunPlan] = field(default_factory=list)  # WSD: the runs the branches start from
 
     @property
     def ladder_flops(self) -> float:
-        return sum(run_flops(r) for r in self.rungs)
+        return sum(run_flops(r) for r in self.stables + self.rungs)
 
     def all_runs(self) -> list[tuple[str, RunPlan]]:
-        """(role, plan) of every run the sweep trains: rungs first, then trained targets."""
-        return [("rung", r) for r in self.rungs] + [
+        """(role, plan) of every run the sweep trains: stable runs, rungs, trained targets."""
+        return [("stable", r) for r in self.stables] + [("rung", r) for r in self.rungs] + [
             ("target", t.run) for t in self.targets if t.run is not None]
+
+    def parent_of(self, plan: RunPlan) -> RunPlan | None:
+        """A branch's stable run (None for a run trained from scratch)."""
+        return next((s for s in self.stables if s.name == plan.parent), None)
 
 
 def run_flops(plan: RunPlan) -> float:
-    """Training FLOPs as the paper counts compute: 6 N D (D = tokens actually trained)."""
-    return 6.0 * plan.n_params * plan.total_steps * plan.batch_tokens
+    """Training FLOPs as the paper counts compute: 6 N D (D = tokens this run trains; a branch
+    trains its decay only, from its parent's checkpoint)."""
+    first, last = trained_steps(plan)
+    return 6.0 * plan.n_params * (last - first) * plan.batch_tokens
+
+
+def layout_flops(recipe: Recipe) -> tuple[float, float]:
+    """The grid's training FLOPs in both layouts: every rung from scratch, and WSD decay branches
+    off one stable run per (size, seed) (with the recipe's decay_fraction), whatever the recipe
+    uses, so that `ladder plan` shows what either choice costs."""
+    wsd = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, schedule="wsd"))
+    vocab = planning_vocab_size(recipe)
+    scratch = branched = 0.0
+    for size in recipe.model.sizes:
+        for seed in recipe.seeds:
+            stable, branches = plan_branches(wsd, size, seed, vocab)
+            scratch += sum(run_flops(dataclasses.replace(b, role="run")) for b in branches)
+            branched += run_flops(stable) + sum(run_flops(b) for b in branches)
+    return scratch, branched
 
 
 def plan_sweep(recipe: Recipe) -> SweepPlan:
@@ -72,10 +96,23 @@ def plan_sweep(recipe: Recipe) -> SweepPlan:
     vocab = planning_vocab_size(recipe)
     src = recipe.source
     _check_distinct_rungs(recipe)
-    rungs = [plan_run(recipe, size, mult, seed, vocab)
-             for size in recipe.model.sizes for mult in recipe.multipliers for seed in recipe.seeds]
+    stables: list[RunPlan] = []
+    if recipe.train.schedule == "wsd" and recipe.train.branches:
+        rungs = []
+        for size in recipe.model.sizes:
+            for seed in recipe.seeds:
+                stable, branches = plan_branches(recipe, size, seed, vocab)
+                stables.append(stable)
+                rungs += branches
+        order = {(size, m): i for i, (size, m) in enumerate(
+            (s, m) for s in recipe.model.sizes for m in recipe.multipliers)}
+        rungs.sort(key=lambda r: order[(r.size, r.multiplier)])  # the cosine ladder's order
+    else:
+        rungs = [plan_run(recipe, size, mult, seed, vocab) for size in recipe.model.sizes
+                 for mult in recipe.multipliers for seed in recipe.seeds]
     targets = []
     names = {r.name: "a rung of the ladder; a held-out target must not be fitted on" for r in rungs}
+    names.update({r.name: "a stable run of the ladder" for r in stables})
     for i, t in enumerate(recipe.targets):
         where = f"{src}: 'targets[{i}]' ({t.name})"
         if t.size is not None and t.size not in PRESETS:
@@ -101,7 +138,7 @@ def plan_sweep(recipe: Recipe) -> SweepPlan:
                 raise RecipeError(f"{where}: the target run '{run.name}' is also {names[run.name]}")
             names[run.name] = f"the run of target '{t.name}' (one run directory for both)"
         targets.append(TargetPlan(t.name, n, d, t.size, run))
-    return SweepPlan(recipe, rungs, targets)
+    return SweepPlan(recipe, rungs, targets, stables)
 
 
 def _check_distinct_rungs(recipe: Recipe) -> None:
@@ -123,10 +160,17 @@ def plan_table(plan: SweepPlan) -> str:
     head = ("run", "size", "N", "mult", "D", "batch", "steps", "peak LR", "FLOPs")
     rows = [head]
     for role, r in plan.all_runs():
-        rows.append((r.name + (" (target)" if role == "target" else ""), r.size, si(r.n_params),
-                     f"{r.multiplier:g}", si(r.target_tokens), si(r.batch_tokens),
-                     str(r.total_steps), f"{r.lr:.3g}", f"{run_flops(r):.3g}"))
-    lines = [text_table(rows), "", f"ladder: {len(plan.rungs)} runs, {plan.ladder_flops:.3g} FLOPs"]
+        note = {"target": " (target)", "stable": " (stable)"}.get(role, "")
+        steps = str(r.total_steps)
+        if r.role == "branch":  # trains from its parent's checkpoint to the end
+            note, steps = f" (from {r.parent})", f"{r.decay_start}-{r.total_steps}"
+        rows.append((r.name + note, r.size, si(r.n_params),
+                     "-" if r.role == "stable" else f"{r.multiplier:g}", si(r.target_tokens),
+                     si(r.batch_tokens), steps, f"{r.lr:.3g}", f"{run_flops(r):.3g}"))
+    runs = (f"{len(plan.stables)} stable runs + {len(plan.rungs)} decay branches" if plan.stables
+            else f"{len(plan.rungs)} runs")
+    lines = [text_table(rows), "", f"ladder: {runs}, {plan.ladder_flops:.3g} FLOPs",
+             layout_line(plan.recipe)]
     for t in plan.targets:
         ratio = plan.ladder_flops / t.flops
         lines.append(f"target {t.name}: N={si(t.n)} D={si(t.d)} FLOPs={t.flops:.3g}; "
@@ -137,3 +181,16 @@ def plan_table(plan: SweepPlan) -> str:
         lines.append(f"all {len(plan.targets)} targets: ladder/targets compute = "
                      f"{100 * plan.ladder_flops / total:.2f}%")
     return "\n".join(lines)
+
+
+def layout_line(recipe: Recipe) -> str:
+    """Both layouts' FLOPs side by side, and what the WSD branches save."""
+    try:
+        scratch, branched = layout_flops(recipe)
+    except RecipeError as e:  # a decay inside the warmup: no branched layout for this grid
+        return f"layouts: every rung from scratch; WSD branches impossible here ({e})"
+    t = recipe.train
+    using = "this recipe" if t.schedule == "wsd" and t.branches else "train.schedule=wsd"
+    return (f"layouts: every rung from scratch {scratch:.3g} FLOPs; WSD decay branches "
+            f"({t.decay_shape}, decay_fraction {t.decay_fraction:g}; {using}) {branched:.3g} FLOPs "
+            f"= {100 * branched / scratch:.1f}%, saving {100 * (1 - branched / scratch):.1f}%")

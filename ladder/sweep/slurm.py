@@ -43,7 +43,8 @@ from typing import Any, Iterable, Sequence
 from analysis.files import atomic_write_text
 from ladder.sweep.rundir import run_state
 from ladder.sweep.launcher import CHECKPOINT_EXIT_CODE, Job, JobSpecError, Resources
-from ladder.sweep.slurm_script import comment_text, launch_line, sbatch_lines, rung_body
+from ladder.sweep.slurm_config import SlurmConfig  # noqa: F401  (the recipe's slurm: block)
+from ladder.sweep.slurm_script import comment_text, launch_line, rung_body, sbatch_lines
 
 SLURM_SUBDIR = "slurm"
 JOBS_JSON = "jobs.json"
@@ -66,66 +67,6 @@ class SbatchError(SlurmError):
         super().__init__(f"sbatch rejected {script} (exit {returncode}):\n{stderr.rstrip()}")
 
 
-# ---------------------------------------------------------------------------- recipe config
-
-
-_SWEEP_KNOBS = {"signal_seconds": int, "max_retries": int, "max_parallel": int, "setup": list,
-                "gpu_memory_gib": int}
-
-
-@dataclass
-class SlurmConfig:
-    """A recipe's ``slurm:`` block: cluster-wide defaults, per-size overrides, sweep knobs.
-
-    ``resources(size)`` is the defaults with that size's keys on top, so a recipe states the
-    partition/account once and only what differs per size (nodes, GPUs, time)."""
-
-    defaults: Resources = field(default_factory=Resources)
-    sizes: dict[str, Resources] = field(default_factory=dict)
-    signal_seconds: int = 300
-    max_retries: int = 2
-    max_parallel: int | None = None
-    setup: tuple[str, ...] = ()
-    gpu_memory_gib: int | None = None  # the partition's GPU memory: the dry run checks the estimate
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None, where: str = "slurm",
-                  known_sizes: Iterable[str] | None = None) -> "SlurmConfig":
-        if d is not None and not isinstance(d, dict):
-            raise JobSpecError(f"{where}: expected a mapping, got {type(d).__name__}")
-        d = dict(d or {})
-        sizes = d.pop("sizes", None) or {}
-        if not isinstance(sizes, dict):
-            raise JobSpecError(f"{where}.sizes: expected a mapping size -> resources")
-        knobs = {}
-        for key, typ in _SWEEP_KNOBS.items():
-            if key in d:
-                value = d.pop(key)
-                if not isinstance(value, typ) or isinstance(value, bool):
-                    raise JobSpecError(f"{where}.{key}: expected {typ.__name__}, got {value!r}")
-                knobs[key] = tuple(value) if typ is list else value
-        defaults = Resources.from_dict(d, where)
-        if known_sizes is not None:
-            unknown = sorted(set(map(str, sizes)) - set(known_sizes))
-            if unknown:
-                raise JobSpecError(f"{where}.sizes: unknown size(s) {', '.join(unknown)} "
-                                   f"(the recipe has: {', '.join(known_sizes)})")
-        merged = {}
-        for size, over in sizes.items():
-            if not isinstance(over, dict):
-                raise JobSpecError(f"{where}.sizes.{size}: expected a mapping of resources")
-            merged[str(size)] = Resources.from_dict({**_as_dict(defaults), **over},
-                                                    f"{where}.sizes.{size}")
-        return cls(defaults, merged, **knobs)
-
-    def resources(self, size: str) -> Resources:
-        return self.sizes.get(size, self.defaults)
-
-
-def _as_dict(r: Resources) -> dict[str, Any]:
-    return {k: getattr(r, k) for k in r.__dataclass_fields__}
-
-
 # ---------------------------------------------------------------------------- rendering
 
 
@@ -136,6 +77,7 @@ class ArrayGroup:
     index: int
     resources: Resources
     rungs: list[Job]
+    gated: bool = False  # WSD branches waiting for their parents: submitted held (slurm_branches)
 
     @property
     def script_name(self) -> str:
@@ -169,7 +111,11 @@ class SlurmSweep:
     workdir: Path | None = None  # --chdir for jobs; default: the submitting directory
     job_prefix: str = "ladder"
     skip_done: bool = True  # rungs whose run_state is done are not submitted again
+    small: Resources = field(default_factory=Resources)  # a WSD parent's stop job (slurm_branches)
+    branch_poll_seconds: int = 30  # a WSD parent's batch shell looks for its branch points this often
     groups: list[ArrayGroup] = field(init=False, default_factory=list)
+    waiting: dict[str, list[Job]] = field(init=False, default_factory=dict)  # parent -> held branches
+    orphans: list[Job] = field(init=False, default_factory=list)  # branches whose parent left no point
 
     def __post_init__(self):
         self.sweep_dir = Path(self.sweep_dir).resolve()
@@ -199,7 +145,8 @@ class SlurmSweep:
         caller's: ``config.resources(size)`` per rung)."""
         return cls(Path(sweep_dir), rungs, final, signal_seconds=config.signal_seconds,
                    max_retries=config.max_retries, max_parallel=config.max_parallel,
-                   setup=config.setup, **kwargs)
+                   setup=config.setup, small=config.defaults,
+                   branch_poll_seconds=config.branch_poll_seconds, **kwargs)
 
     @property
     def slurm_dir(self) -> Path:
@@ -213,10 +160,16 @@ class SlurmSweep:
         return [j for j in self.rungs if not (self.skip_done and run_state(j.run_dir).done)]
 
     def _group(self) -> list[ArrayGroup]:
-        groups: dict[Resources, list[Job]] = {}
+        from ladder.sweep.slurm_branches import waiting
+
+        # parent -> its branches submitted held; branches nothing would release are left out
+        self.waiting, self.orphans = waiting(self.pending_rungs())
+        held = {j.name for js in self.waiting.values() for j in js}
+        groups: dict[tuple[Resources, bool], list[Job]] = {}
         for job in self.pending_rungs():
-            groups.setdefault(job.resources, []).append(job)
-        return [ArrayGroup(i, res, jobs) for i, (res, jobs) in enumerate(groups.items())]
+            if job not in self.orphans:
+                groups.setdefault((job.resources, job.name in held), []).append(job)
+        return [ArrayGroup(i, res, jobs, gated) for i, ((res, gated), jobs) in enumerate(groups.items())]
 
     # ------------------------------------------------------------------ scripts
     def render_array(self, group: ArrayGroup) -> str:
@@ -237,14 +190,20 @@ class SlurmSweep:
                  *self.setup, "set -uo pipefail", "",
                  "# task -> rung",
                  'case "${SLURM_ARRAY_TASK_ID:?not running as a SLURM array task}" in']
+        from ladder.sweep.slurm_branches import gate_lines, module_argv
+
         for i, job in enumerate(group.rungs):
+            gate = ([f"    GATE=({shlex.join(module_argv('release', self.sweep_dir, job.name))})"]
+                    if job.name in self.waiting else [])
             lines += [f"  {i})",
                       f"    RUNG={shlex.quote(job.name)}",
                       f"    RUN_DIR={shlex.quote(str(job.run_dir))}",
-                      f"    CMD=({shlex.join(job.argv)})",
+                      f"    CMD=({shlex.join(job.argv)})", *gate,
                       "    ;;"]
         lines += ['  *) echo "[ladder] no rung for array task $SLURM_ARRAY_TASK_ID" >&2; exit 2;;',
                   "esac", ""]
+        if any(job.name in self.waiting for job in group.rungs):
+            lines += gate_lines(self.branch_poll_seconds)
         lines += rung_body(checkpoint=self.checkpoint_exit_code, retries=self.max_retries,
                            max_requeues=self.max_requeues, launch=launch_line(group.resources)
                            ).splitlines()
@@ -296,6 +255,9 @@ class SlurmSweep:
         if active:
             raise SlurmError(f"{self.sweep_dir}: jobs of an earlier submission are still queued "
                              f"or running ({', '.join(active)}); wait for them or scancel them")
+        from ladder.sweep.slurm_branches import stop_orphans, submit_stops, task_record
+
+        stop_orphans(self.orphans)
         scripts = self.write()
         submitted: list[str] = []
         record: dict[str, Any] = {"submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -306,12 +268,14 @@ class SlurmSweep:
                 submitted.append(job_id)
                 record["arrays"].append({
                     "job_id": job_id, "script": str(scripts[f"array-{g.index}"]),
-                    "resources": asdict(g.resources),
+                    "resources": asdict(g.resources), "gated": g.gated,
                     "tasks": [{"task": i, "rung": j.name, "run_dir": str(j.run_dir),
-                               "log": str(self.slurm_dir / "logs" / g.log_name(i))}
+                               "log": str(self.slurm_dir / "logs" / g.log_name(i)), **task_record(j)}
                               for i, j in enumerate(g.rungs)]})
+            arrays = list(submitted)
+            submitted += submit_stops(self, record, list(self.waiting), self.small, sbatch)
             if self.final is not None:
-                job_id = sbatch(scripts["final"], final_sbatch_options(submitted))
+                job_id = sbatch(scripts["final"], final_sbatch_options(arrays))
                 submitted.append(job_id)
                 record["final"] = {"job_id": job_id, "name": self.final.name,
                                    "script": str(scripts["final"]),
@@ -324,7 +288,7 @@ class SlurmSweep:
             if submitted:
                 _run(["scancel", *submitted], check=False)
             raise
-        held = [a["job_id"] for a in record["arrays"]]
+        held = [a["job_id"] for a in record["arrays"] if not a["gated"]]  # gated: their parents'
         if held:
             _run(["scontrol", "release", *held])
         return record
@@ -425,7 +389,7 @@ def active_jobs(sweep_dir: str | os.PathLike) -> list[str]:
     if not data["submissions"]:
         return []
     latest = data["submissions"][-1]
-    ids = [a["job_id"] for a in latest.get("arrays", [])]
+    ids = [a["job_id"] for a in latest.get("arrays", [])] + [j["job_id"] for j in latest.get("stops", [])]
     if latest.get("final"):
         ids.append(latest["final"]["job_id"])
     active = []

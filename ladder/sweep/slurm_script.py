@@ -8,7 +8,8 @@ import shlex
 from pathlib import Path
 
 from ladder.exit_codes import (BAD_INPUT, COMPLETED, DIVERGED, DONE as DONE_ACTION, EXIT_BAD_INPUT, EXIT_DIVERGED,
-                               EXIT_OK, EXIT_PREEMPTED, GIVE_UP, PREEMPTED, REQUEUE, RETRY)
+                               EXIT_OK, EXIT_PREEMPTED, GIVE_UP, PARENT_FAILED, PREEMPTED, REQUEUE, RETRY,
+                               WAITING)
 from ladder.sweep.launcher import JobSpecError, Resources, accelerate_options
 from ladder.sweep.rundir import DONE_MARKER
 from ladder.train.status import PREVIOUS, STATUS_FILE
@@ -22,8 +23,8 @@ def action_function() -> str:
         "ladder_action() {\n"
         '  case "$1" in\n'
         f'    {COMPLETED}) if [ "$2" -eq {EXIT_OK} ]; then echo {DONE_ACTION}; else echo {RETRY}; fi;;\n'
-        f"    {PREEMPTED}) echo {REQUEUE};;\n"
-        f'    {BAD_INPUT}|{DIVERGED}) echo "{GIVE_UP}";;\n'
+        f"    {PREEMPTED}|{WAITING}) echo {REQUEUE};;\n"
+        f'    {BAD_INPUT}|{DIVERGED}|{PARENT_FAILED}) echo "{GIVE_UP}";;\n'
         '    "") case "$2" in\n'
         f"          {EXIT_OK}) echo {DONE_ACTION};;\n"
         f'          {EXIT_BAD_INPUT}|{EXIT_DIVERGED}) echo "{GIVE_UP}";;\n'

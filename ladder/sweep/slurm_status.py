@@ -10,6 +10,7 @@ from typing import Any
 
 from ladder.sweep.rundir import RunState, run_state
 from ladder.sweep.slurm import task_ids, load_jobs, scontrol_jobs
+from ladder.sweep.slurm_gate import branch_status
 from ladder.units import si
 
 # Rung states reported by :func:`status`.
@@ -108,6 +109,9 @@ def status(sweep_dir: str | os.PathLike) -> SweepStatus:
             st.reason = rec.get("Reason")
         st.state = (_combine(rs, st.slurm_state, st.restarts, name in submitted) if have_slurm
                     else DONE if rs.done else f"unknown ({rs.state}; scontrol not found)")
+        # a WSD branch: waiting for its parent, or stopped by its failure
+        st.state = branch_status(st.state, submitted[name][1] if name in submitted else info,
+                                 st.reason)
         rungs.append(st)
     final = None
     if latest.get("final"):

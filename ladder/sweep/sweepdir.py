@@ -66,10 +66,17 @@ class Sweep:
         return self.dir / "predictions-partial"
 
     def rung_job(self, plan: RunPlan, resources: Resources = Resources()) -> Job:
+        from ladder.sweep.branches import BranchPoint
+
         argv = [sys.executable, "-m", "ladder", "train", str(self.dir / FROZEN_RECIPE),
-                "--size", plan.size, "--multiplier", repr(plan.multiplier), "--seed", str(plan.seed),
-                "--out", str(self.run_dir(plan))]
-        return Job(plan.name, tuple(argv), self.run_dir(plan), resources)
+                "--size", plan.size, "--seed", str(plan.seed), "--out", str(self.run_dir(plan))]
+        argv[7:7] = ["--stable"] if plan.role == "stable" else ["--multiplier", repr(plan.multiplier)]
+        waits = None
+        if plan.role == "branch":  # starts from its stable run's checkpoint at the branch point
+            parent = self.dir / "runs" / str(plan.parent)
+            argv += ["--branch-from", str(parent)]
+            waits = BranchPoint(str(plan.parent), parent, plan.decay_start)
+        return Job(plan.name, tuple(argv), self.run_dir(plan), resources, waits)
 
     def jobs(self, resources_for=lambda size: Resources()) -> list[Job]:
         return [self.rung_job(r, resources_for(r.size)) for _, r in self.plan.all_runs()]
@@ -121,7 +128,9 @@ def open_sweep(recipe: Recipe, sweep_dir: str | os.PathLike, write: bool = True,
         "backend": backend or old.get("backend"),
         "runs": [{"name": r.name, "role": role, "size": r.size, "multiplier": r.multiplier,
                   "seed": r.seed, "n_params": r.n_params, "target_tokens": r.target_tokens,
-                  "run_dir": str(sweep.run_dir(r))} for role, r in plan.all_runs()],
+                  "run_dir": str(sweep.run_dir(r)),
+                  **({"parent": r.parent, "branch_step": r.decay_start} if r.parent else {})}
+                 for role, r in plan.all_runs()],
         "targets": [{"name": t.name, "n": t.n, "d": t.d, "size": t.size,
                      "run": t.run.name if t.run else None} for t in plan.targets],
     }, indent=2) + "\n")

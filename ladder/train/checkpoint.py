@@ -182,9 +182,10 @@ def _load(ckpt: CheckpointInfo, accelerator, model, optimizer, scheduler) -> dic
 def prune_checkpoints(run_dir: Path, keep_last: int, keep_eval_weights: bool) -> list[Path]:
     """Keep the last ``keep_last`` full states; older ones lose their training state (weights kept
     for evaluation-step checkpoints when ``keep_eval_weights``) or are removed. Returns removed
-    paths. Each change is ordered so that a kill leaves a consistent directory."""
+    paths. Each change is ordered so that a kill leaves a consistent directory. A checkpoint
+    whose manifest says ``keep`` (a WSD branch point) is never pruned."""
     removed = []
-    full = [c for c in list_checkpoints(run_dir) if c.has_state]
+    full = [c for c in list_checkpoints(run_dir) if c.has_state and not c.manifest.get("keep")]
     for c in full[:-keep_last] if keep_last else full:
         if keep_eval_weights and c.manifest.get("eval_step"):
             files = {k: v for k, v in (c.manifest.get("files") or {}).items()

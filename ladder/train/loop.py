@@ -29,7 +29,7 @@ from ladder.data.sequences import PackedSequences
 from ladder.exit_codes import COMPLETED, DIVERGED, EXIT_OK, EXIT_PREEMPTED, PREEMPTED
 from ladder.integrity import storage_error
 from ladder.recipe import Recipe
-from ladder.runplan import RunPlan, eval_steps
+from ladder.runplan import RunPlan, run_eval_steps
 from ladder.train.divergence import DivergenceMonitor, LossDiverged
 from ladder.train.parallel import is_fsdp, parallel_config
 from ladder.train.saver import CheckpointSaver, take_snapshot
@@ -99,10 +99,10 @@ class Cadence:
 
     @classmethod
     def for_run(cls, recipe: Recipe, plan: RunPlan) -> "Cadence":
-        evals = set(eval_steps(plan.total_steps, recipe.evaluation))
+        evals = set(run_eval_steps(plan, recipe.evaluation))
         every = recipe.checkpoint.interval
         # with a step interval: those steps, the evaluation steps (their weights are kept for
-        # offline evaluation) and the last
+        # offline evaluation) and the last; a WSD stable run's branch points always (kept)
         ckpts = evals if every is None else set(range(every, plan.total_steps + 1, every)) | evals
         return cls(evals, ckpts, recipe.tracking.log_interval, plan.total_steps)
 
@@ -123,7 +123,8 @@ class Cadence:
 def train(recipe: Recipe, size: str | None = None, multiplier: float | None = None,
           seed: int | None = None, out: str | os.PathLike | None = None, *,
           task_evaluator: Callable | None = None, cache: str | os.PathLike | None = None,
-          progress: bool = True, force_new: bool = False) -> TrainResult:
+          progress: bool = True, force_new: bool = False, stable: bool = False,
+          branch_from: str | os.PathLike | None = None) -> TrainResult:
     """Train (or resume) one rung. Re-running with the same arguments resumes from the latest
     intact checkpoint, or returns at once if the run already finished. The run directory is
     this call's alone while it runs (a second writer is refused) and must hold this run;
@@ -137,7 +138,7 @@ def train(recipe: Recipe, size: str | None = None, multiplier: float | None = No
     hf_logging.disable_progress_bar()  # save_pretrained's shard bar, once per checkpoint
     with _Preemption() as preempt:
         ctx = setup(recipe, size, multiplier, seed, out, task_evaluator=task_evaluator, cache=cache,
-                    force_new=force_new)
+                    force_new=force_new, stable=stable, branch_from=branch_from)
         preempt.starting = False
         try:
             return _run(ctx, recipe, progress, preempt)
@@ -316,7 +317,8 @@ class Trainer:
         c, ck = self.ctx, self.ctx.recipe.checkpoint
         state = {"step": step, "tokens": step * c.plan.batch_tokens, "data_position": step * c.plan.batch_seqs,
                  "seed": c.plan.seed, "total_steps": c.plan.total_steps,
-                 "train_loss": self.last_loss}  # for a lost evaluation row evaluated again
+                 "train_loss": self.last_loss,  # for a lost evaluation row evaluated again
+                 "keep": step in c.plan.branch_steps}  # a branch point: never pruned
         self.settle_saves()  # at most one in flight
         snap = take_snapshot(step, accelerator=c.accelerator, model=c.model, optimizer=c.optimizer,
                              scheduler=c.scheduler, state=state, eval_step=is_eval)

@@ -148,7 +148,8 @@ def _write_files(snap: Snapshot, root: Path, tmp: Path, *, model, tokenizer, bar
     barrier()  # every process's files are written
     if main:  # last: the digest of every file, then the manifest that makes it a checkpoint
         ckpt.write_manifest(tmp, {"step": snap.step, "tokens": snap.state.get("tokens"), "has_state": True,
-                                  "eval_step": snap.eval_step, "fsdp": snap.fsdp, "async": asynchronous})
+                                  "eval_step": snap.eval_step, "fsdp": snap.fsdp, "async": asynchronous,
+                                  "keep": bool(snap.state.get("keep"))})  # a WSD branch point
 
 
 def _publish(tmp: Path, final: Path, root: Path) -> None:

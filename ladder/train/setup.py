@@ -22,7 +22,7 @@ from ladder.data.tokenizer import token_byte_lengths
 from ladder.exit_codes import BAD_INPUT, PREEMPTED, RUNNING
 from ladder.presets import embedding_rows
 from ladder.recipe import Recipe
-from ladder.runplan import RunPlan, eval_steps, lr_lambda, plan_run
+from ladder.runplan import RunPlan, lr_lambda, plan_role, run_eval_steps
 from ladder.train import checkpoint as ckpt
 from ladder.train.binding import claim_run_dir
 from ladder.train.host_memory import keep_freed_memory
@@ -213,10 +213,13 @@ class RunContext:
 
 def setup(recipe: Recipe, size: str | None, multiplier: float | None, seed: int | None,
           out: str | os.PathLike | None, *, task_evaluator: Callable | None = None,
-          cache: str | os.PathLike | None = None, force_new: bool = False) -> RunContext:
+          cache: str | os.PathLike | None = None, force_new: bool = False, stable: bool = False,
+          branch_from: str | os.PathLike | None = None) -> RunContext:
     """Build a run's components and resume from its latest intact checkpoint, if any. The run
     directory is locked (one writer) and must hold this run (or nothing); ``force_new`` moves
-    a directory holding another run aside first."""
+    a directory holding another run aside first. WSD: ``stable`` trains a size's stable run;
+    ``branch_from`` (a stable run's directory) starts a decay branch from its checkpoint at
+    the branch point (ladder/train/branch.py)."""
     size = size or recipe.model.sizes[0]
     allowed = recipe.model.sizes + [tg.size for tg in recipe.targets if tg.size]  # held-out targets too
     if size not in allowed:
@@ -247,7 +250,8 @@ def setup(recipe: Recipe, size: str | None, multiplier: float | None, seed: int 
             torch.set_num_threads(recipe.train.cpu_threads)
     with accelerator.main_process_first():  # main tokenizes into the cache, the others reuse it
         data = prepare_data(recipe.data, recipe.model, Path(cache) if cache else None)
-    plan = plan_run(recipe, size, multiplier, seed, _vocab_size_for(recipe, data.tokenizer))
+    role = "stable" if stable else "branch" if branch_from is not None else "run"
+    plan = plan_role(recipe, size, multiplier, seed, _vocab_size_for(recipe, data.tokenizer), role)
     run_dir = Path(out) if out else default_run_dir(recipe, plan)
     t = recipe.train
     world = accelerator.num_processes
@@ -270,6 +274,10 @@ def setup(recipe: Recipe, size: str | None, multiplier: float | None, seed: int 
                       loss_kernel=loss_kernel(accelerator.device))
     lock = claim_run_dir(run_dir, meta, accelerator.is_main_process, force_new, accelerator.print)
     try:
+        if branch_from is not None and accelerator.is_main_process:
+            from ladder.train.branch import seed_branch
+
+            seed_branch(run_dir, Path(branch_from), plan, meta, accelerator.print)
         return _build(recipe, plan, run_dir, accelerator, data, train_seqs, val_seqs, sampler, micro, accum,
                       meta, lock, task_evaluator, settings)
     except BaseException as e:  # the directory is free again for the next attempt in this process
@@ -304,7 +312,7 @@ def _build(recipe, plan, run_dir, accelerator, data, train_seqs, val_seqs, sampl
         writer.resume_at(step)  # drop evaluations logged after the checkpoint: each exactly once
     # a row lost with a torn tail at the resumed step is evaluated again (every process reads
     # the log: the evaluation is collective)
-    ctx.relog = step > 0 and step in eval_steps(plan.total_steps, recipe.evaluation) and not any(
+    ctx.relog = step > 0 and step in run_eval_steps(plan, recipe.evaluation) and not any(
         r.get("step") == step for r in read_metrics_jsonl(run_dir / METRICS_JSONL))
     ctx.set_status("completed" if step >= plan.total_steps else RUNNING)
     if step >= plan.total_steps and not ctx.relog:
@@ -367,7 +375,7 @@ def _run_meta(recipe: Recipe, plan: RunPlan, data: TokenData, accelerator, micro
             ladder=recipe.name, lr=plan.lr, tokens_per_step=plan.tokens_per_step,
             total_steps=plan.total_steps, warmup_steps=plan.warmup_steps, seq_len=recipe.train.seq_len,
             vocab_size=plan.vocab_size, flops_per_token=plan.flops_per_token,
-            schedule=recipe.train.schedule, num_processes=accelerator.num_processes,
+            **plan.schedule_info(), num_processes=accelerator.num_processes,
             micro_batch_size=micro, grad_accum_steps=accum,
             mixed_precision=str(accelerator.mixed_precision),
             recipe_hash=recipe.hash(), recipe_file=recipe.source, recipe=recipe.to_dict(),

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis.files import atomic_write_text
-from ladder.exit_codes import EXIT_PREEMPTED, OUTCOME_EXIT, RUNNING
+from ladder.exit_codes import BAD_INPUT, DIVERGED, EXIT_PREEMPTED, OUTCOME_EXIT, PARENT_FAILED, RUNNING
 
 STATUS_FILE = "status.json"
 PREVIOUS = "status.prev.json"  # the attempt before: kept for the record, never acted on
@@ -97,3 +97,12 @@ def clear_status(run_dir: str | os.PathLike | None) -> None:
         os.replace(Path(run_dir) / STATUS_FILE, Path(run_dir) / PREVIOUS)
     except FileNotFoundError:
         pass
+
+
+def stopped_for_good(run_dir: str | os.PathLike) -> str | None:
+    """Why a run will never go on (its last outcome: bad input, diverged, its parent failed),
+    or None: a WSD branch waiting on it stops instead of waiting forever."""
+    st = read_status(run_dir) or {}
+    if st.get("outcome") in (BAD_INPUT, DIVERGED, PARENT_FAILED):
+        return st["outcome"] + (f": {st['message']}" if st.get("message") else "")
+    return None
