@@ -286,18 +286,18 @@ class SlurmSweep:
             _append_record(self.slurm_dir / JOBS_JSON, record, self.rungs)
         except BaseException:
             if submitted:
-                _run(["scancel", *submitted], check=False)
+                slurm_command(["scancel", *submitted], check=False)
             raise
         held = [a["job_id"] for a in record["arrays"] if not a["gated"]]  # gated: their parents'
         if held:
-            _run(["scontrol", "release", *held])
+            slurm_command(["scontrol", "release", *held])
         return record
 
 
 # ---------------------------------------------------------------------------- SLURM commands
 
 
-def _run(argv: list[str], check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+def slurm_command(argv: list[str], check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
     exe = shutil.which(argv[0])
     if exe is None:
         raise SlurmError(f"{argv[0]} not found on PATH: is this a SLURM login node?")
@@ -318,7 +318,7 @@ def final_sbatch_options(array_ids: Sequence[str]) -> list[str]:
 def sbatch(script: Path, options: Sequence[str] = ()) -> str:
     """Submit; returns the job id. A rejection raises :class:`SbatchError` with sbatch's stderr
     exactly as printed."""
-    r = _run(["sbatch", "--parsable", *options, str(script)], check=False)
+    r = slurm_command(["sbatch", "--parsable", *options, str(script)], check=False)
     if r.returncode != 0:
         raise SbatchError(Path(script), r.returncode, r.stderr)
     job_id = r.stdout.strip().split(";")[0]  # "id" or "id;cluster"
@@ -333,7 +333,7 @@ _KV = re.compile(r"(\w+(?:/\w+)?)=(\S*)")
 def scontrol_jobs(job_id: str) -> list[dict[str, str]]:
     """``scontrol -o show job ID``: one dict per job record (array tasks one each, or a
     still-pending range as one record with ``ArrayTaskId=2-5``). [] once SLURM forgot the job."""
-    r = _run(["scontrol", "-o", "show", "job", str(job_id)], check=False)
+    r = slurm_command(["scontrol", "-o", "show", "job", str(job_id)], check=False)
     if r.returncode != 0:
         if "Invalid job id" in r.stderr:
             return []
@@ -405,5 +405,5 @@ def cancel(sweep_dir: str | os.PathLike) -> list[str]:
     """scancel the latest submission's jobs; rungs keep their checkpoints."""
     ids = active_jobs(sweep_dir)
     if ids:
-        _run(["scancel", *sorted({i.split("_")[0] for i in ids})])
+        slurm_command(["scancel", *sorted({i.split("_")[0] for i in ids})])
     return ids

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from ladder.exit_codes import PARENT_FAILED
 from ladder.sweep.branches import PARENT_FAILED_STATE, WAITING_STATE, BranchPoint, ready, stop_branch
 from ladder.sweep.launcher import Job
-from ladder.sweep.slurm import _run, load_jobs, scontrol_jobs
+from ladder.sweep.slurm import load_jobs, scontrol_jobs, slurm_command
 from ladder.train.status import read_status
 
 
@@ -40,7 +40,7 @@ def release(sweep_dir: Path, parent: str) -> int:
         if not ready(job):
             left += 1
             continue
-        r = _run(["scontrol", "release", task], check=False)
+        r = slurm_command(["scontrol", "release", task], check=False)
         if r.returncode == 0:
             print(f"[ladder] {job.name}: branch point {job.waits_for.describe()} saved; released {task}",
                   flush=True)
@@ -58,7 +58,7 @@ def stop(sweep_dir: Path, parent: str) -> int:
             continue
         why = job.waits_for.failed() or f"its SLURM job {parent_task} ended {state or 'in failure'}"
         msg = stop_branch(job, why)
-        _run(["scancel", task], check=False)
+        slurm_command(["scancel", task], check=False)
         print(f"[ladder] {job.name}: {msg}; cancelled {task}", flush=True)
     return 0
 
