@@ -159,7 +159,7 @@ def test_kill_during_checkpoint_write_leaves_nothing_complete(baseline, recipe_f
 
     out = tmp_path / "run"
     calls = {"n": 0}
-    real = ckpt._fsync_tree
+    real = ckpt.fsync_tree
 
     def crashing_fsync(path):
         calls["n"] += 1
@@ -167,7 +167,7 @@ def test_kill_during_checkpoint_write_leaves_nothing_complete(baseline, recipe_f
             raise _Crash()
         return real(path)
 
-    monkeypatch.setattr(ckpt, "_fsync_tree", crashing_fsync)
+    monkeypatch.setattr(ckpt, "fsync_tree", crashing_fsync)
     with pytest.raises(_Crash):
         train(load_recipe(recipe_file), out=out, cache=cache, progress=False)
     tmp_dirs = [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".tmp-")]
@@ -177,7 +177,7 @@ def test_kill_during_checkpoint_write_leaves_nothing_complete(baseline, recipe_f
     crashed_step = int(tmp_dirs[0].name.split("step")[1])
     assert crashed_step > complete[-1].step
     assert crashed_step in set(read_run(out).evals["step"])  # its row was logged before the crash
-    monkeypatch.setattr(ckpt, "_fsync_tree", real)
+    monkeypatch.setattr(ckpt, "fsync_tree", real)
     result = train(load_recipe(recipe_file), out=out, cache=cache, progress=False)
     assert result.status == "completed"
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
@@ -236,7 +236,7 @@ from ladder.train import checkpoint as ckpt
 from ladder.train.loop import train
 
 recipe, out, cache, marker = sys.argv[1:5]
-real, seen = ckpt._fsync_tree, []
+real, seen = ckpt.fsync_tree, []
 
 def hanging_fsync(path):
     if ".tmp-" in str(path):
@@ -247,7 +247,7 @@ def hanging_fsync(path):
             time.sleep(600)
     return real(path)
 
-ckpt._fsync_tree = hanging_fsync
+ckpt.fsync_tree = hanging_fsync
 train(load_recipe(recipe, ["checkpoint.async_save=true"]), out=out, cache=cache, progress=False)
 """
 

@@ -128,6 +128,6 @@ def _link_checkpoint(info: ckpt.CheckpointInfo, run_dir: Path, parent_dir: Path)
                                  "step": info.step}
     # the link to the parent's manifest is replaced by rename (sealed anew), never written through
     ckpt.write_manifest(tmp, manifest, files=False)
-    ckpt._fsync_tree(tmp)
+    ckpt.fsync_tree(tmp)
     os.rename(tmp, root / info.path.name)
     return "linked" if linked else "copied"

@@ -100,7 +100,7 @@ def _fsync_files(paths: list[Path]) -> None:
             os.fsync(f.fileno())
 
 
-def _fsync_tree(path: Path) -> None:
+def fsync_tree(path: Path) -> None:
     _fsync_files([p for p in sorted(path.rglob("*")) if p.is_file()])
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -163,7 +163,7 @@ def _load(ckpt: CheckpointInfo, accelerator, model, optimizer, scheduler) -> dic
         accelerator.print(f"note: resuming a {state.get('world_size')}-process checkpoint with "
                           f"{accelerator.num_processes} processes (data order is unchanged)")
     weights = load_file(str(ckpt.path / "model.safetensors"), device="cpu")
-    _load_model_state(accelerator, model, weights, ckpt.path)
+    _loadmodel_state(accelerator, model, weights, ckpt.path)
     if (state_dir / OPTIMIZER_DIR).is_dir():
         load_optimizer_state(model, optimizer, state_dir / OPTIMIZER_DIR)
     else:  # a checkpoint written before optimizer states were saved by parameter name
@@ -211,7 +211,7 @@ def _is_fsdp(accelerator) -> bool:
 # ---------------------------------------------------------------------------- FSDP-aware states
 
 
-def _model_state(accelerator, model, fsdp: bool) -> dict[str, torch.Tensor]:
+def model_state(accelerator, model, fsdp: bool) -> dict[str, torch.Tensor]:
     """The full model state on the main process (FSDP: gathered to CPU; collective)."""
     if fsdp:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -223,7 +223,7 @@ def _model_state(accelerator, model, fsdp: bool) -> dict[str, torch.Tensor]:
     return {k.removeprefix("_orig_mod."): v for k, v in state.items()}
 
 
-def _load_model_state(accelerator, model, weights: dict[str, torch.Tensor], where: Path) -> None:
+def _loadmodel_state(accelerator, model, weights: dict[str, torch.Tensor], where: Path) -> None:
     unwrapped = accelerator.unwrap_model(model)
     unwrapped = getattr(unwrapped, "_orig_mod", unwrapped)
     expected = set(unwrapped.state_dict())

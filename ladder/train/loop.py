@@ -31,8 +31,7 @@ from ladder.integrity import storage_error
 from ladder.recipe import Recipe
 from ladder.runplan import RunPlan, run_eval_steps
 from ladder.train.divergence import DivergenceMonitor, LossDiverged
-from ladder.train.parallel import is_fsdp, parallel_config
-from ladder.train.saver import CheckpointSaver, take_snapshot
+from ladder.train.parallel import is_fsdp
 from ladder.train.setup import RunContext, eval_module, setup
 from ladder.train.status import Preempted
 
@@ -90,30 +89,24 @@ class _Preemption:
 
 @dataclass
 class Cadence:
-    """At which steps the loop evaluates, checkpoints and logs (the only host syncs)."""
+    """At which steps the loop evaluates, logs and syncs (the only host syncs); which steps are
+    saved is the checkpointer's (``saves``), and every save step is a sync point."""
 
     evals: set[int]
-    checkpoints: set[int]
+    saves: set[int]
     log_interval: int
     total_steps: int
 
     @classmethod
-    def for_run(cls, recipe: Recipe, plan: RunPlan) -> "Cadence":
-        evals = set(run_eval_steps(plan, recipe.evaluation))
-        every = recipe.checkpoint.interval
-        # with a step interval: those steps, the evaluation steps (their weights are kept for
-        # offline evaluation) and the last; a WSD stable run's branch points always (kept)
-        ckpts = evals if every is None else set(range(every, plan.total_steps + 1, every)) | evals
-        return cls(evals, ckpts, recipe.tracking.log_interval, plan.total_steps)
+    def for_run(cls, recipe: Recipe, plan: RunPlan, saves: set[int]) -> "Cadence":
+        return cls(set(run_eval_steps(plan, recipe.evaluation)), saves, recipe.tracking.log_interval,
+                   plan.total_steps)
 
     def evaluate(self, step: int) -> bool:
         return step in self.evals
 
-    def checkpoint(self, step: int) -> bool:
-        return step in self.checkpoints
-
     def sync(self, step: int) -> bool:
-        return (self.evaluate(step) or self.checkpoint(step) or step % self.log_interval == 0
+        return (self.evaluate(step) or step in self.saves or step % self.log_interval == 0
                 or step == self.total_steps)
 
 
@@ -156,7 +149,7 @@ def _run(ctx: RunContext, recipe: Recipe, progress: bool, preempt: _Preemption) 
     total = ctx.plan.total_steps
     if ctx.step >= total and not ctx.relog:
         return TrainResult("already-complete", ctx.run_dir, ctx.step, total, ctx.last_row())
-    trainer = Trainer(ctx, Cadence.for_run(recipe, ctx.plan), progress)
+    trainer = Trainer(ctx, Cadence.for_run(recipe, ctx.plan, ctx.checkpointer.steps), progress)
     if ctx.relog:  # the row of the resumed step was lost (a torn write): evaluate it again
         trainer.last_loss = ctx.resume_loss if ctx.resume_loss is not None else float("nan")
         trainer.lr, trainer.tps = ctx.scheduler.get_last_lr()[0], float("nan")
@@ -170,7 +163,7 @@ def _run(ctx: RunContext, recipe: Recipe, progress: bool, preempt: _Preemption) 
                 step += 1
                 stop, due = preempt.requested, False
                 if trainer.cadence.sync(step):  # across processes, at sync points only
-                    stop, due = trainer.agree(stop, trainer.save_due())
+                    stop, due = trainer.agree(stop, ctx.checkpointer.wall_clock_due())
                 elif ctx.accelerator.num_processes > 1:
                     # a signal some processes have seen and others not yet: acted on at the next
                     # sync point, by all together (one alone would enter the save's collectives
@@ -180,8 +173,7 @@ def _run(ctx: RunContext, recipe: Recipe, progress: bool, preempt: _Preemption) 
                     trainer.log(step)
                 if trainer.cadence.evaluate(step):
                     trainer.evaluate(step)
-                if trainer.cadence.checkpoint(step) or stop or due:
-                    trainer.save(step, is_eval=trainer.cadence.evaluate(step))
+                trainer.save(step, force=stop or due)  # the checkpointer knows its steps
                 if stop and step < total:
                     status = PREEMPTED
                     break
@@ -219,9 +211,6 @@ class Trainer:
         self.monitor = DivergenceMonitor()
         self.last_status = time.monotonic()
         self._trackers = False
-        self.last_save = time.monotonic()
-        self.saver = CheckpointSaver(ctx.accelerator, async_saves(ctx.recipe, ctx.accelerator),
-                                     parallel_config(ctx.recipe).timeout_minutes)
 
     @contextlib.contextmanager
     def tracking(self):
@@ -254,10 +243,6 @@ class Trainer:
         flags = acc.reduce(torch.tensor([float(stop), float(due)], device=acc.device), "max").tolist()
         return bool(flags[0]), bool(flags[1])
 
-    def save_due(self) -> bool:
-        minutes = self.ctx.recipe.checkpoint.interval_minutes
-        return minutes is not None and time.monotonic() - self.last_save >= 60 * minutes
-
     def log(self, step: int) -> None:
         """Check the pending losses (divergence stops the run) and log loss, LR and throughput."""
         c = self.ctx
@@ -265,7 +250,7 @@ class Trainer:
             self.last_loss = _check_losses(self.pending, c.accelerator, self.monitor)
         except LossDiverged as e:
             self.settle_saves(raise_error=False)  # name a checkpoint that is complete
-            e = e.at(c.last_checkpoint)
+            e = e.at(c.checkpointer.last)
             c.set_status(DIVERGED, e.step, str(e))
             raise e from None
         if time.monotonic() - self.last_status >= STATUS_EVERY:
@@ -312,25 +297,20 @@ class Trainer:
                            f"val {row[f'eval/{c.data.name}-validation/CrossEntropyLoss']:.4f}  "
                            f"bpb {row[f'eval/{c.data.name}-validation/bpb']:.4f}")
 
-    def save(self, step: int, is_eval: bool) -> None:
-        """Snapshot the state now (the step's only stall when saving asynchronously) and write it."""
-        c, ck = self.ctx, self.ctx.recipe.checkpoint
+    def save(self, step: int, force: bool = False) -> None:
+        """Hand the checkpointer this step's state; it saves at its steps or when ``force``d."""
+        c = self.ctx
         state = {"step": step, "tokens": step * c.plan.batch_tokens, "data_position": step * c.plan.batch_seqs,
                  "seed": c.plan.seed, "total_steps": c.plan.total_steps,
-                 "train_loss": self.last_loss,  # for a lost evaluation row evaluated again
-                 "keep": step in c.plan.branch_steps}  # a branch point: never pruned
-        self.settle_saves()  # at most one in flight
-        snap = take_snapshot(step, accelerator=c.accelerator, model=c.model, optimizer=c.optimizer,
-                             scheduler=c.scheduler, state=state, eval_step=is_eval)
-        self.saver.save(c.run_dir, snap, model=c.model, tokenizer=c.data.tokenizer, keep_last=ck.keep_last,
-                        keep_eval_weights=ck.keep_eval_weights)
-        c.last_checkpoint = self.saver.last_written or c.last_checkpoint
-        c.report_progress(step)
-        self.last_save = time.monotonic()
+                 "train_loss": self.last_loss}  # for a lost evaluation row evaluated again
+        if c.checkpointer.maybe_save(step, force=force, state=state, model=c.model, optimizer=c.optimizer,
+                                     scheduler=c.scheduler, tokenizer=c.data.tokenizer,
+                                     is_eval=self.cadence.evaluate(step)):
+            c.report_progress(step)
 
     def settle_saves(self, raise_error: bool = True) -> None:
         """Wait for the background save in flight, if any (its error is raised here)."""
-        self.ctx.last_checkpoint = self.saver.wait(raise_error) or self.ctx.last_checkpoint
+        self.ctx.checkpointer.wait(raise_error)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -406,14 +386,6 @@ def _check_losses(pending: list[tuple[int, torch.Tensor]], accelerator, monitor:
     for (s, _), v in zip(pending, values):
         monitor.check(s, v)
     return values[-1]
-
-
-def async_saves(recipe: Recipe, accelerator) -> bool:
-    """``checkpoint.async_save``; auto = with several processes or on a GPU."""
-    setting = recipe.checkpoint.async_save
-    if setting == "auto":
-        return accelerator.num_processes > 1 or accelerator.device.type != "cpu"
-    return bool(setting)
 
 
 def _progress(accelerator, enabled: bool, step: int, plan: RunPlan):

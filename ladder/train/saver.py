@@ -30,6 +30,7 @@ import torch
 
 from ladder import integrity
 from ladder.train import checkpoint as ckpt
+from ladder.train.parallel import is_fsdp
 
 
 @dataclass
@@ -84,9 +85,9 @@ def take_snapshot(step: int, *, accelerator, model, optimizer, scheduler, state:
     """Copy a checkpoint's content to host memory. Collective: every process must call it.
     Replicated state (DDP: weights and optimizer) is copied by the main process only, which
     writes it; FSDP shards are copied by each process."""
-    fsdp = ckpt._is_fsdp(accelerator)
+    fsdp = is_fsdp(accelerator)
     main = accelerator.is_main_process
-    weights = ckpt._model_state(accelerator, model, fsdp) if (fsdp or main) else {}
+    weights = ckpt.model_state(accelerator, model, fsdp) if (fsdp or main) else {}
     if not fsdp:  # references to the live parameters (FSDP's gather already made host copies)
         weights = host_copy(weights)
     optim = host_copy(ckpt.optimizer_state(model, optimizer)) if (fsdp or main) else {}
@@ -154,7 +155,7 @@ def _write_files(snap: Snapshot, root: Path, tmp: Path, *, model, tokenizer, bar
 
 def _publish(tmp: Path, final: Path, root: Path) -> None:
     """fsync the files, then rename the directory into place (a crash before leaves a temp dir)."""
-    ckpt._fsync_tree(tmp)
+    ckpt.fsync_tree(tmp)
     if final.exists():  # a stale copy of the same step (e.g. weights-only): replace it
         trash = root / f".del-{final.name}"
         os.rename(final, trash)

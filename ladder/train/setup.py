@@ -23,8 +23,8 @@ from ladder.exit_codes import BAD_INPUT, PREEMPTED, RUNNING
 from ladder.presets import embedding_rows
 from ladder.recipe import Recipe
 from ladder.runplan import RunPlan, lr_lambda, plan_role, run_eval_steps
-from ladder.train import checkpoint as ckpt
 from ladder.train.binding import claim_run_dir
+from ladder.train.checkpointer import Checkpointer
 from ladder.train.host_memory import keep_freed_memory
 from ladder.train.parallel import (build_accelerator, enable_activation_checkpointing, enable_tf32,
                                    is_fsdp, parallel_config)
@@ -146,9 +146,10 @@ def _vocab_size_for(recipe: Recipe, tokenizer) -> int:
     return embedding_rows(len(tokenizer))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunContext:
-    """A run ready to step: the components the loop calls, and where it resumes."""
+    """A run ready to step: the components the loop calls, and where it resumes. Built whole,
+    by keyword, once the run directory is this process's (:func:`setup`)."""
 
     recipe: Recipe
     plan: RunPlan
@@ -161,18 +162,18 @@ class RunContext:
     train_seqs: PackedSequences
     val_seqs: PackedSequences
     sampler: BatchSampler
-    micro: int
-    accum: int
+    micro: int  # sequences per forward pass
+    accum: int  # forward passes per optimizer step
     meta: RunMeta
     writer: RunLogWriter | None  # main process only
+    checkpointer: Checkpointer
+    lock: Any  # the run directory's DirLock (main process)
     step: int  # the step to resume from (0 for a new run)
-    last_checkpoint: Path | None
-    evaluator: Callable | None = None
-    n_val: int = 1
-    byte_len: torch.Tensor | None = None
-    lock: Any = None  # the run directory's DirLock (main process)
-    resume_loss: float | None = None  # train loss at the resumed checkpoint
-    relog: bool = False  # the resumed step's evaluation row was lost: evaluate it again
+    resume_loss: float | None  # train loss at the resumed checkpoint
+    relog: bool  # the resumed step's evaluation row was lost: evaluate it again
+    evaluator: Callable | None  # None: validation loss only (or the run is complete)
+    n_val: int  # validation sequences scored per evaluation
+    byte_len: torch.Tensor | None  # bytes of each token, for bits per byte
     step_reached: int | None = None  # the last step status.json reported while running
 
     def release(self) -> None:
@@ -301,59 +302,36 @@ def _build(recipe, plan, run_dir, accelerator, data, train_seqs, val_seqs, sampl
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, plan))
     model, optimizer = prepare_model(accelerator, model, optimizer, compile=t.compile)
 
-    latest, state = _resume(run_dir, accelerator, model, optimizer, scheduler)
+    checkpointer = Checkpointer(recipe, plan, accelerator, run_dir, parallel_config(recipe).timeout_minutes)
+    latest, state = checkpointer.resume(model, optimizer, scheduler)
     step = int(state.get("step", 0))
     if latest is not None:
         accelerator.print(f"resuming {run_dir} from {latest.path.name} (step {step}/{plan.total_steps})")
-    ctx = RunContext(recipe, plan, run_dir, accelerator, data, model, optimizer, scheduler, train_seqs,
-                     val_seqs, sampler, micro, accum, meta, writer, step, latest.path if latest else None)
-    ctx.lock, ctx.resume_loss = lock, state.get("train_loss")
     if writer:
         writer.resume_at(step)  # drop evaluations logged after the checkpoint: each exactly once
     # a row lost with a torn tail at the resumed step is evaluated again (every process reads
     # the log: the evaluation is collective)
-    ctx.relog = step > 0 and step in run_eval_steps(plan, recipe.evaluation) and not any(
+    relog = step > 0 and step in run_eval_steps(plan, recipe.evaluation) and not any(
         r.get("step") == step for r in read_metrics_jsonl(run_dir / METRICS_JSONL))
-    ctx.set_status("completed" if step >= plan.total_steps else RUNNING)
-    if step >= plan.total_steps and not ctx.relog:
-        return ctx
-
-    ctx.evaluator = task_evaluator
-    if ctx.evaluator is None and recipe.evaluation.tasks:
+    done = step >= plan.total_steps and not relog
+    evaluator = task_evaluator
+    if evaluator is None and recipe.evaluation.tasks and not done:
         from ladder.eval.evaluator import build_task_evaluator  # optional component, imported lazily
 
-        ctx.evaluator = build_task_evaluator(
+        evaluator = build_task_evaluator(
             recipe.evaluation.tasks, data.tokenizer, limit=recipe.evaluation.task_limit,
             batch_size=recipe.evaluation.task_batch_size, corpus_val_docs=data.validation_texts(),
             seed=plan.seed)
-    ctx.byte_len = torch.as_tensor(token_byte_lengths(data.tokenizer, plan.vocab_size), device=device)
-    ctx.n_val = min(val_seqs.n, max(1, recipe.data.validation_tokens // t.seq_len))
+    ctx = RunContext(
+        recipe=recipe, plan=plan, run_dir=run_dir, accelerator=accelerator, data=data, model=model,
+        optimizer=optimizer, scheduler=scheduler, train_seqs=train_seqs, val_seqs=val_seqs,
+        sampler=sampler, micro=micro, accum=accum, meta=meta, writer=writer,
+        checkpointer=checkpointer, lock=lock, step=step, resume_loss=state.get("train_loss"),
+        relog=relog, evaluator=evaluator,
+        n_val=min(val_seqs.n, max(1, recipe.data.validation_tokens // t.seq_len)),
+        byte_len=torch.as_tensor(token_byte_lengths(data.tokenizer, plan.vocab_size), device=device))
+    ctx.set_status("completed" if step >= plan.total_steps else RUNNING)
     return ctx
-
-
-def _resume(run_dir: Path, accelerator, model, optimizer, scheduler):
-    """Load the newest intact checkpoint: (its info, its state.json), or (None, {}). Checkpoints
-    whose digests fail are set aside by the main process before anyone loads; one that still
-    cannot be read (written before digests) is set aside when it fails to load, and the next
-    older one is tried (one process: several would have to agree first, so they stop instead)."""
-    if accelerator.is_main_process:
-        ckpt.sweep_temp_dirs(run_dir)
-        ckpt.latest_intact(run_dir, report=accelerator.print)  # damaged ones are set aside
-    accelerator.wait_for_everyone()
-    failed = None
-    while (latest := ckpt.latest_resumable(run_dir)) is not None:
-        try:
-            return latest, ckpt.load_checkpoint(latest, accelerator=accelerator, model=model,
-                                                optimizer=optimizer, scheduler=scheduler)
-        except ckpt.CheckpointDamaged as e:
-            if accelerator.num_processes > 1:
-                raise ValueError(f"checkpoint {latest.path} is damaged ({e}); move it aside and "
-                                 "rerun to resume from the previous one") from None
-            failed = ckpt.set_aside(latest.path, str(e), accelerator.print)
-    if failed is not None:  # the model holds part of a damaged checkpoint: never train on it
-        raise ValueError(f"{failed}: no intact checkpoint is left to resume from; rerun to start "
-                         "the run over")
-    return None, {}
 
 
 # ---------------------------------------------------------------------------- run metadata
