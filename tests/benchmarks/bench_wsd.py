@@ -1,7 +1,7 @@
 """WSD decay branches against the cosine ladder they replace, on the tiny CPU ladder.
 
     PYTHONPATH=. python tests/benchmarks/bench_wsd.py [--cosine runs/tiny-cpu]
-        [--wsd runs/tiny-cpu-wsd] [--json out.json]
+        [--wsd runs/tiny-cpu-wsd] [--json out.json] [--seed N]
     PYTHONPATH=. python tests/benchmarks/bench_wsd.py --smoke     # seconds: the default suite's
 
 Trains (or resumes, or finds done) both sweeps through the demo command, `ladder sweep
@@ -47,11 +47,13 @@ RECIPES = {"cosine": ROOT / "recipes" / "tiny-cpu.yaml", "wsd": ROOT / "recipes"
 VAL = "eval/pystdlib-validation/CrossEntropyLoss"
 
 
-def run_sweep(recipe: Path, out: Path) -> None:
-    """The demo command (resumes, or returns at once when every run is done)."""
+def run_sweep(recipe: Path, out: Path, seed: int | None = None) -> None:
+    """The demo command (resumes, or returns at once when every run is done); ``seed``: the
+    same ladder with another seed (``seeds=[N]``), in its own sweep directory."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-m", "ladder", "sweep", str(recipe), "--backend", "local",
-                    "--out", str(out), "--no-predict"], check=True, env=env)
+                    "--out", str(out), "--no-predict", *([f"seeds=[{seed}]"] if seed is not None else [])],
+                   check=True, env=env)
 
 
 def plan_flops() -> dict:
@@ -175,7 +177,7 @@ def real(args) -> dict:
 
     dirs = {"cosine": Path(args.cosine), "wsd": Path(args.wsd)}
     for k, d in dirs.items():
-        run_sweep(RECIPES[k], d)
+        run_sweep(RECIPES[k], d, args.seed)
     ladders, targets = {}, {}
     for k, d in dirs.items():
         plan = plan_sweep(load_recipe(RECIPES[k]))
@@ -212,6 +214,8 @@ def main() -> int:
     ap.add_argument("--cosine", default="runs/tiny-cpu", help="the cosine sweep's directory")
     ap.add_argument("--wsd", default="runs/tiny-cpu-wsd", help="the WSD sweep's directory")
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--seed", type=int, help="train both ladders with this seed instead of the recipes' "
+                                            "(a second measurement of the same ladders; give other --cosine/--wsd)")
     ap.add_argument("--smoke", action="store_true", help="synthetic ladders, seconds")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
