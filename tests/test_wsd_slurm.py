@@ -89,12 +89,14 @@ def test_branches_wait_through_a_preemption_then_train_beside_their_parent(tmp_p
     env = _env(tmp_path, slurm_cluster)
     out = tmp_path / "sweep"
     d = json.loads(json.dumps(RECIPE))
-    d["multipliers"] = [0.5, 2]  # a stable run of ~160 steps: the first branch runs beside it
+    # a stable run of ~650 steps: the first branch (released at step 41) starts while it trains
+    # on however fast a machine (with ~160 steps an idle one finished the parent first)
+    d["multipliers"] = [0.5, 8]
     d["checkpoint"]["interval"] = 10  # a checkpoint before the first branch point (step 41)
     p = tmp_path / "wsd.yaml"
     p.write_text(yaml.safe_dump(d))
     parent = out / "runs" / "tiny-9k-stable"
-    first, last = out / "runs" / "tiny-9k-0.5xC", out / "runs" / "tiny-9k-2xC"
+    first, last = out / "runs" / "tiny-9k-0.5xC", out / "runs" / "tiny-9k-8xC"
     try:
         r = _ladder(env, "sweep", p, "--backend", "slurm", "--out", out, "--no-predict")
         assert r.returncode == 0, r.stdout + r.stderr
